@@ -1,0 +1,704 @@
+//! lb.toml: the schema (schema v1), its defaults, and validation that reports *every*
+//! problem as `PATH:LINE:COL: message`.
+//!
+//! Pure: no sockets, no shared state. The reload path and `clonelb check` both call
+//! [`load`] / [`parse`], so a file `check` accepts is exactly a file `run` accepts.
+//!
+//! Why a hand-written walker and not `#[derive(Deserialize)]`: serde stops at the first
+//! error, and ops want the whole list at once. The TOML is parsed by the `toml` crate into
+//! a spanned document tree ([`DeTable`]); this module walks that tree, checks every key
+//! and value against the schema, and builds [`Config`]. Positions come from the spans, so
+//! each message points at the offending key or value (the second occurrence, for
+//! duplicates).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::error::ConfigError;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub balancer: BalancerConfig,
+    pub proxy: ProxyConfig,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenConfig {
+    /// Plain-HTTP listener. Required (until an HTTPS listener exists).
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct BalancerConfig {
+    pub strategy: StrategyKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyKind {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+impl StrategyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round-robin",
+            StrategyKind::LeastConnections => "least-connections",
+        }
+    }
+}
+
+/// `[proxy]`: timeouts of one proxied request and its client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProxyConfig {
+    /// Opening a TCP connection to a clone; past it → 502.
+    pub connect_timeout: Duration,
+    /// Per attempt, from sending the request until the clone's response headers; → 504.
+    pub response_timeout: Duration,
+    /// A kept-alive client connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// From accept (or a later request's first byte) to the end of the request headers.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One `[[backend]]`: a clone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    /// Defaults to the address as written.
+    pub name: String,
+    /// 1..=1000, default 1.
+    pub weight: u32,
+}
+
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// One problem with its 1-based position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub col: usize,
+    pub error: ConfigError,
+}
+
+/// A file that could not be loaded: every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub path: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadError {
+    /// The `PATH:LINE:COL: message` lines, one per problem.
+    pub fn lines(&self) -> Vec<String> {
+        self.diagnostics
+            .iter()
+            .map(|d| format_diagnostic(&self.path, d))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.lines().join("\n"))
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+pub fn format_diagnostic(path: &str, d: &Diagnostic) -> String {
+    format!("{path}:{}:{}: {}", d.line, d.col, d.error)
+}
+
+/// A valid configuration and the warnings found on the way (e.g. no clones).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Read and validate the file at `path`.
+pub fn load(path: &Path) -> Result<Checked, LoadError> {
+    let label = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse(&label, &src),
+        Err(e) => Err(LoadError {
+            path: label,
+            diagnostics: vec![Diagnostic {
+                line: 1,
+                col: 1,
+                error: ConfigError::Io(e.to_string()),
+            }],
+        }),
+    }
+}
+
+/// Validate lb.toml text; `path` is only used to label the problems.
+pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
+    let mut w = Walker {
+        src,
+        diags: Vec::new(),
+    };
+    let (doc, syntax) = DeTable::parse_recoverable(src);
+    for e in syntax {
+        let span = e.span().unwrap_or(0..0);
+        w.report(
+            span,
+            ConfigError::Syntax {
+                message: e.message().trim().to_string(),
+            },
+        );
+    }
+    let config = w.config(doc.get_ref(), doc.span());
+    w.diags.sort_by_key(|(span, _)| span.start);
+    let (warnings, errors): (Vec<_>, Vec<_>) = w
+        .diags
+        .into_iter()
+        .map(|(span, error)| {
+            let (line, col) = line_col(src, span.start);
+            Diagnostic { line, col, error }
+        })
+        .partition(|d| d.error.is_warning());
+    match config {
+        Some(config) if errors.is_empty() => Ok(Checked { config, warnings }),
+        _ => Err(LoadError {
+            path: path.to_string(),
+            diagnostics: errors,
+        }),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = src.get(..offset).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, col)
+}
+
+const TOP_KEYS: &[&str] = &["listen", "balancer", "proxy", "backend"];
+const LISTEN_KEYS: &[&str] = &["http"];
+const BALANCER_KEYS: &[&str] = &["strategy"];
+const PROXY_KEYS: &[&str] = &[
+    "connect_timeout",
+    "response_timeout",
+    "idle_timeout",
+    "header_read_timeout",
+];
+const BACKEND_KEYS: &[&str] = &["address", "name", "weight"];
+
+type Entry<'i> = (
+    &'i Spanned<toml::de::DeString<'i>>,
+    &'i Spanned<DeValue<'i>>,
+);
+
+/// Collects problems while building a [`Config`]. Every getter reports what is wrong with
+/// its key and returns `None`, so the walk goes on and finds the rest.
+struct Walker<'s> {
+    src: &'s str,
+    diags: Vec<(Range<usize>, ConfigError)>,
+}
+
+impl<'s> Walker<'s> {
+    fn report(&mut self, span: Range<usize>, error: ConfigError) {
+        self.diags.push((span, error));
+    }
+
+    fn config(&mut self, root: &DeTable<'_>, root_span: Range<usize>) -> Option<Config> {
+        self.check_keys(root, "the top level", TOP_KEYS);
+
+        let listen = match self.table(root, "listen") {
+            Some((t, span)) => {
+                self.check_keys(t, "[listen]", LISTEN_KEYS);
+                match find(t, "http") {
+                    Some((_, v)) => self.address(v).map(|http| ListenConfig { http }),
+                    None => {
+                        self.report(
+                            span,
+                            ConfigError::MissingKey {
+                                table: "[listen]".into(),
+                                key: "http",
+                            },
+                        );
+                        None
+                    }
+                }
+            }
+            None => {
+                if find(root, "listen").is_none() {
+                    self.report(
+                        root_span.start..root_span.start,
+                        ConfigError::MissingKey {
+                            table: "the top level".into(),
+                            key: "listen",
+                        },
+                    );
+                }
+                None
+            }
+        };
+
+        let mut balancer = BalancerConfig::default();
+        if let Some((t, _)) = self.table(root, "balancer") {
+            self.check_keys(t, "[balancer]", BALANCER_KEYS);
+            if let Some((s, span)) = self.string(t, "strategy") {
+                match s {
+                    "round-robin" => balancer.strategy = StrategyKind::RoundRobin,
+                    "least-connections" => balancer.strategy = StrategyKind::LeastConnections,
+                    other => self.report(
+                        span,
+                        ConfigError::UnknownStrategy {
+                            value: other.to_string(),
+                        },
+                    ),
+                }
+            }
+        }
+
+        let mut proxy = ProxyConfig::default();
+        if let Some((t, _)) = self.table(root, "proxy") {
+            self.check_keys(t, "[proxy]", PROXY_KEYS);
+            self.duration(t, "connect_timeout", &mut proxy.connect_timeout);
+            self.duration(t, "response_timeout", &mut proxy.response_timeout);
+            self.duration(t, "idle_timeout", &mut proxy.idle_timeout);
+            self.duration(t, "header_read_timeout", &mut proxy.header_read_timeout);
+        }
+
+        let backends = self.backends(root);
+        Some(Config {
+            listen: listen?,
+            balancer,
+            proxy,
+            backends,
+        })
+    }
+
+    fn backends(&mut self, root: &DeTable<'_>) -> Vec<BackendConfig> {
+        let mut out = Vec::new();
+        let Some((key, value)) = find(root, "backend") else {
+            self.report(self.src.len()..self.src.len(), ConfigError::NoBackends);
+            return out;
+        };
+        let Some(array) = value.get_ref().as_array() else {
+            self.wrong_type(key, value, "an array of tables ([[backend]])");
+            return out;
+        };
+        if array.is_empty() {
+            self.report(key.span(), ConfigError::NoBackends);
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<SocketAddr, usize> = HashMap::new();
+        for item in array.iter() {
+            let Some(t) = item.get_ref().as_table() else {
+                self.report(
+                    item.span(),
+                    ConfigError::WrongType {
+                        key: "backend".into(),
+                        expected: "a table",
+                        found: item.get_ref().type_str(),
+                    },
+                );
+                continue;
+            };
+            self.check_keys(t, "[[backend]]", BACKEND_KEYS);
+            let address = match find(t, "address") {
+                Some((_, v)) => self.address(v).map(|a| (a, v)),
+                None => {
+                    self.report(
+                        item.span(),
+                        ConfigError::MissingKey {
+                            table: "[[backend]]".into(),
+                            key: "address",
+                        },
+                    );
+                    None
+                }
+            };
+            let name = self
+                .string(t, "name")
+                .map(|(s, span)| (s.to_string(), span));
+            let weight = match self.integer(t, "weight") {
+                Some((w, span)) => {
+                    if (1..=i128::from(MAX_WEIGHT)).contains(&w) {
+                        Some(w as u32)
+                    } else {
+                        self.report(span, ConfigError::WeightOutOfRange { value: w });
+                        None
+                    }
+                }
+                None => Some(1),
+            };
+            let mut ok = weight.is_some();
+            if let Some((name, span)) = &name {
+                if name.is_empty() {
+                    self.report(span.clone(), ConfigError::EmptyName);
+                    ok = false;
+                } else if let Some(first) = names.get(name) {
+                    self.report(
+                        span.clone(),
+                        ConfigError::DuplicateName {
+                            name: name.clone(),
+                            first_line: *first,
+                        },
+                    );
+                    ok = false;
+                } else {
+                    names.insert(name.clone(), line_col(self.src, span.start).0);
+                }
+            }
+            let Some((address, addr_value)) = address else {
+                continue;
+            };
+            if let Some(first) = addresses.get(&address) {
+                self.report(
+                    addr_value.span(),
+                    ConfigError::DuplicateAddress {
+                        address,
+                        first_line: *first,
+                    },
+                );
+                continue;
+            }
+            addresses.insert(address, line_col(self.src, addr_value.span().start).0);
+            let written = addr_value
+                .get_ref()
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = match name {
+                Some((n, _)) => n,
+                None => {
+                    // The default name is the address as written; it must not collide with
+                    // an explicit name either.
+                    if let Some(first) = names.get(&written) {
+                        self.report(
+                            addr_value.span(),
+                            ConfigError::DuplicateName {
+                                name: written.clone(),
+                                first_line: *first,
+                            },
+                        );
+                        continue;
+                    }
+                    names.insert(
+                        written.clone(),
+                        line_col(self.src, addr_value.span().start).0,
+                    );
+                    written
+                }
+            };
+            if ok {
+                out.push(BackendConfig {
+                    address,
+                    name,
+                    weight: weight.unwrap_or(1),
+                });
+            }
+        }
+        out
+    }
+
+    /// Unknown keys are errors, with a "did you mean" when one allowed key is close.
+    fn check_keys(&mut self, table: &DeTable<'_>, name: &str, allowed: &'static [&'static str]) {
+        for (key, _) in table.iter() {
+            let k: &str = key.get_ref();
+            if !allowed.contains(&k) {
+                let suggestion = allowed
+                    .iter()
+                    .map(|a| (strsim::damerau_levenshtein(a, k), *a))
+                    .filter(|(d, _)| *d <= 2)
+                    .min()
+                    .map(|(_, a)| a);
+                self.report(
+                    key.span(),
+                    ConfigError::UnknownKey {
+                        table: name.to_string(),
+                        key: k.to_string(),
+                        suggestion,
+                    },
+                );
+            }
+        }
+    }
+
+    fn wrong_type(
+        &mut self,
+        key: &Spanned<toml::de::DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+        expected: &'static str,
+    ) {
+        self.report(
+            value.span(),
+            ConfigError::WrongType {
+                key: key.get_ref().to_string(),
+                expected,
+                found: value.get_ref().type_str(),
+            },
+        );
+    }
+
+    fn table<'t>(
+        &mut self,
+        root: &'t DeTable<'t>,
+        key: &str,
+    ) -> Option<(&'t DeTable<'t>, Range<usize>)> {
+        let (k, v) = find(root, key)?;
+        match v.get_ref().as_table() {
+            Some(t) => Some((t, v.span())),
+            None => {
+                self.wrong_type(k, v, "a table");
+                None
+            }
+        }
+    }
+
+    fn string<'t>(&mut self, table: &'t DeTable<'t>, key: &str) -> Option<(&'t str, Range<usize>)> {
+        let (k, v) = find(table, key)?;
+        match v.get_ref().as_str() {
+            Some(s) => Some((s, v.span())),
+            None => {
+                self.wrong_type(k, v, "a string");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, table: &DeTable<'_>, key: &str) -> Option<(i128, Range<usize>)> {
+        let (k, v) = find(table, key)?;
+        let parsed = v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i128::from_str_radix(i.as_str(), i.radix()).ok());
+        match parsed {
+            Some(n) => Some((n, v.span())),
+            None => {
+                self.wrong_type(k, v, "an integer");
+                None
+            }
+        }
+    }
+
+    /// A duration: an integer and a unit ("250ms", "2s", "1m", "1h"); must be above zero.
+    fn duration(&mut self, table: &DeTable<'_>, key: &'static str, slot: &mut Duration) {
+        let Some((s, span)) = self.string(table, key) else {
+            return;
+        };
+        match parse_duration(s) {
+            Ok(d) => *slot = d,
+            Err(reason) => self.report(
+                span,
+                ConfigError::BadDuration {
+                    key,
+                    value: s.to_string(),
+                    reason,
+                },
+            ),
+        }
+    }
+
+    fn address(&mut self, v: &Spanned<DeValue<'_>>) -> Option<SocketAddr> {
+        let Some(s) = v.get_ref().as_str() else {
+            self.report(
+                v.span(),
+                ConfigError::WrongType {
+                    key: "address".into(),
+                    expected: "a string \"IP:PORT\"",
+                    found: v.get_ref().type_str(),
+                },
+            );
+            return None;
+        };
+        match parse_address(s) {
+            Ok(a) => Some(a),
+            Err(reason) => {
+                self.report(
+                    v.span(),
+                    ConfigError::BadAddress {
+                        value: s.to_string(),
+                        reason,
+                    },
+                );
+                None
+            }
+        }
+    }
+}
+
+fn find<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<Entry<'t>> {
+    table.iter().find(|(k, _)| {
+        let k: &str = k.get_ref();
+        k == key
+    })
+}
+
+/// Parse "250ms", "2s", "1m", "1h" (humantime's grammar, which also takes "1h 30m").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    use humantime::DurationError as E;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| match e {
+        E::UnknownUnit { unit, .. } if unit.is_empty() => "missing unit".to_string(),
+        E::UnknownUnit { unit, .. } => format!("unknown unit \"{unit}\""),
+        E::NumberOverflow => "too large".to_string(),
+        E::Empty => "empty".to_string(),
+        _ => "not a number followed by a unit".to_string(),
+    })?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (read as 127.0.0.1). Host names are not
+/// resolved: a balancer must not block a reload on DNS, and DNS-based discovery of clones
+/// is its own feature.
+pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err("port must be 1..=65535".into());
+        }
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("missing :PORT".into());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port \"{port}\" is not a number in 1..=65535"))?;
+    if port == 0 {
+        return Err("port must be 1..=65535".into());
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        // e.g. "::1:80": an IPv6 address needs brackets to carry a port.
+        return Err("an IPv6 address with a port must be written [ADDR]:PORT".into());
+    }
+    Err(format!(
+        "\"{host}\" is not an IP address (host names are not resolved)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse("lb.toml", src) {
+            Ok(_) => vec![],
+            Err(e) => e.lines(),
+        }
+    }
+
+    const MINIMAL: &str = "[listen]\nhttp = \"127.0.0.1:8080\"\n";
+
+    #[test]
+    fn defaults() {
+        let c = parse("lb.toml", MINIMAL).unwrap();
+        assert_eq!(c.config.proxy, ProxyConfig::default());
+        assert_eq!(c.config.balancer.strategy, StrategyKind::RoundRobin);
+        assert!(c.config.backends.is_empty());
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].error, ConfigError::NoBackends);
+    }
+
+    #[test]
+    fn full_file() {
+        let src = r#"
+[listen]
+http = "127.0.0.1:8080"
+[balancer]
+strategy = "least-connections"
+[proxy]
+connect_timeout = "250ms"
+response_timeout = "2s"
+idle_timeout = "1m"
+header_read_timeout = "1h"
+[[backend]]
+address = "127.0.0.1:9001"
+name = "a"
+weight = 3
+[[backend]]
+address = "localhost:9002"
+"#;
+        let c = parse("lb.toml", src).unwrap().config;
+        assert_eq!(c.balancer.strategy, StrategyKind::LeastConnections);
+        assert_eq!(c.proxy.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(3600));
+        assert_eq!(c.backends[0].weight, 3);
+        assert_eq!(c.backends[1].name, "localhost:9002");
+        assert_eq!(c.backends[1].address, "127.0.0.1:9002".parse().unwrap());
+    }
+
+    #[test]
+    fn all_problems_reported_with_positions() {
+        let src = "[listen]\nhttp = \"127.0.0.1:8080\"\n[proxy]\nconect_timeout = \"1s\"\nidle_timeout = \"soon\"\n[[backend]]\nadress = \"127.0.0.1:1\"\n[[backend]]\naddress = \"127.0.0.1:2\"\nweight = 0\n";
+        let e = errors(src);
+        assert_eq!(
+            e,
+            vec![
+                "lb.toml:4:1: unknown key `conect_timeout` in [proxy] (did you mean `connect_timeout`?)",
+                "lb.toml:5:16: invalid duration \"soon\" for `idle_timeout`: not a number followed by a unit (use an integer and a unit: \"250ms\", \"2s\", \"1m\", \"1h\")",
+                "lb.toml:6:1: missing required key `address` in [[backend]]",
+                "lb.toml:7:1: unknown key `adress` in [[backend]] (did you mean `address`?)",
+                "lb.toml:10:10: weight 0 is out of range (1..=1000)",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_point_at_second() {
+        let src = "[listen]\nhttp = \"127.0.0.1:8080\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nname = \"x\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nname = \"x\"\n";
+        let e = errors(src);
+        assert_eq!(
+            e,
+            vec![
+                "lb.toml:7:11: duplicate clone address 127.0.0.1:1 (first used on line 4)",
+                "lb.toml:8:8: duplicate clone name \"x\" (first used on line 5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(parse_address("127.0.0.1:80").is_ok());
+        assert!(parse_address("[::1]:80").is_ok());
+        assert!(parse_address("127.0.0.1").unwrap_err().contains("PORT"));
+        assert!(parse_address("::1:80").unwrap_err().contains("[ADDR]"));
+        assert!(parse_address("app1:80")
+            .unwrap_err()
+            .contains("not resolved"));
+        assert!(parse_address("127.0.0.1:0").is_err());
+        assert!(parse_address("127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn line_col_counts_chars() {
+        assert_eq!(line_col("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_col("", 0), (1, 1));
+    }
+}

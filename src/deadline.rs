@@ -1,0 +1,181 @@
+//! Per-connection deadlines for HTTP/1 clients: `idle_timeout` and `header_read_timeout`
+//! as lb.toml defines them.
+//!
+//! hyper's own `header_read_timeout` starts as soon as it waits for a request head, which
+//! on a kept-alive connection includes the idle wait for the next request; with it alone a
+//! 10 s header timeout would also close every connection idle for 10 s. So the balancer
+//! wraps the client socket in [`DeadlineIo`], which knows three phases:
+//!
+//! * **head** — from accept, or from the first byte of a later request, until the request
+//!   head is parsed: closed after `header_read_timeout` (a whole-head deadline, not an
+//!   inactivity timer, so a client trickling a byte a second gets no extension);
+//! * **busy** — a request is being served (an [`ActiveRequest`] exists): no deadline here;
+//!   the clone's side has its own timeouts;
+//! * **idle** — between requests: closed after `idle_timeout` with no byte of a new request.
+//!
+//! The service marks "busy" by holding an [`ActiveRequest`] from the moment it is called
+//! until the response body ends. hyper's own timer stays armed at
+//! `idle_timeout + header_read_timeout` as a backstop.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Shared between a connection's I/O wrapper and its service.
+#[derive(Debug, Default)]
+pub struct ConnActivity {
+    requests: AtomicU32,
+}
+
+/// Marks a request in progress on its client connection until dropped.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<ConnActivity>);
+
+impl ActiveRequest {
+    pub fn new(activity: &Arc<ConnActivity>) -> Self {
+        activity.requests.fetch_add(1, Relaxed);
+        ActiveRequest(Arc::clone(activity))
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Head { since: Instant },
+    Busy,
+    Idle { since: Instant },
+}
+
+/// A client socket that fails its reads once the current phase's deadline passes.
+#[derive(Debug)]
+pub struct DeadlineIo<T> {
+    inner: T,
+    activity: Arc<ConnActivity>,
+    idle_timeout: Duration,
+    header_timeout: Duration,
+    phase: Phase,
+    sleep: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl<T> DeadlineIo<T> {
+    pub fn new(
+        inner: T,
+        activity: Arc<ConnActivity>,
+        idle_timeout: Duration,
+        header_timeout: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        DeadlineIo {
+            inner,
+            activity,
+            idle_timeout,
+            header_timeout,
+            phase: Phase::Head { since: now },
+            sleep: Box::pin(tokio::time::sleep_until(now + header_timeout)),
+            armed: Some(now + header_timeout),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Head { since } => Some(since + self.header_timeout),
+            Phase::Idle { since } => Some(since + self.idle_timeout),
+            Phase::Busy => None,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.activity.requests.load(Relaxed) > 0 {
+            this.phase = Phase::Busy;
+        } else if this.phase == Phase::Busy {
+            this.phase = Phase::Idle {
+                since: Instant::now(),
+            };
+        }
+        match res {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    if let Phase::Idle { .. } = this.phase {
+                        this.phase = Phase::Head {
+                            since: Instant::now(),
+                        };
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some(deadline) = this.deadline() else {
+                    return Poll::Pending;
+                };
+                if this.armed != Some(deadline) {
+                    this.sleep.as_mut().reset(deadline);
+                    this.armed = Some(deadline);
+                }
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        match this.phase {
+                            Phase::Idle { .. } => "idle timeout",
+                            _ => "header read timeout",
+                        },
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,140 @@
+//! `clonelb demo`: three embedded clones on loopback and a balancer in front of them, so a
+//! newcomer can see round-robin work with one command and no files.
+//!
+//! [`serve_clone`] is a tiny app server (the same one `examples/clone.rs` runs): every
+//! answer names the clone, and `GET /healthz` answers `ok`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::config::{BackendConfig, BalancerConfig, Config, ListenConfig, ProxyConfig};
+use crate::error::StartError;
+use crate::Balancer;
+
+/// Accept on `listener` forever, answering as clone `name` running code `version`.
+pub async fn serve_clone(listener: TcpListener, name: String, version: String) {
+    let ident: Arc<(String, String)> = Arc::new((name, version));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ident = Arc::clone(&ident);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| clone_answer(req, Arc::clone(&ident)));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn clone_answer(
+    req: Request<Incoming>,
+    ident: Arc<(String, String)>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (name, version) = &*ident;
+    let body = if req.uri().path() == "/healthz" {
+        "ok\n".to_string()
+    } else {
+        format!(
+            "hello from {name} (version {version}): {} {}\n",
+            req.method(),
+            req.uri().path()
+        )
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::OK;
+    if let Ok(v) = name.parse() {
+        resp.headers_mut().insert("x-clone", v);
+    }
+    Ok(resp)
+}
+
+/// Start the demo and serve until SIGINT/SIGTERM. Prints the URL as the first line.
+pub fn run() -> Result<(), StartError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The clones get their own thread and runtime, as separate servers would.
+    std::thread::Builder::new()
+        .name("clonelb-demo-clones".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let mut addrs = Vec::new();
+                let mut listeners = Vec::new();
+                for _ in 0..3 {
+                    match TcpListener::bind("127.0.0.1:0").await {
+                        Ok(l) => {
+                            addrs.push(l.local_addr());
+                            listeners.push(l);
+                        }
+                        Err(e) => addrs.push(Err(e)),
+                    }
+                }
+                let _ = tx.send(addrs);
+                let clones = listeners.into_iter().enumerate().map(|(i, l)| {
+                    tokio::spawn(serve_clone(l, format!("clone-{}", i + 1), "1.0.0".into()))
+                });
+                for c in clones.collect::<Vec<_>>() {
+                    let _ = c.await;
+                }
+            });
+        })
+        .map_err(StartError::Thread)?;
+    let addrs = rx
+        .recv()
+        .map_err(|_| StartError::Thread(std::io::Error::other("demo clones did not start")))?;
+    let mut backends = Vec::new();
+    for (i, a) in addrs.into_iter().enumerate() {
+        let address = a.map_err(StartError::Thread)?;
+        backends.push(BackendConfig {
+            address,
+            name: format!("clone-{}", i + 1),
+            weight: 1,
+        });
+    }
+    let mut config = Config {
+        listen: ListenConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        },
+        balancer: BalancerConfig::default(),
+        proxy: ProxyConfig::default(),
+        backends,
+    };
+    // Port 8080 when free, any free port otherwise.
+    let balancer = match Balancer::start(&config) {
+        Ok(b) => b,
+        Err(StartError::Bind { .. }) => {
+            config.listen.http.set_port(0);
+            Balancer::start(&config)?
+        }
+        Err(e) => return Err(e),
+    };
+    let url = format!("http://{}/", balancer.http_addr());
+    println!("{url}");
+    println!();
+    println!(
+        "clonelb demo: three clones (clone-1, clone-2, clone-3) behind a round-robin balancer."
+    );
+    println!("Try it from another terminal; each answer names the clone that served it:");
+    println!();
+    println!("    for i in 1 2 3 4 5 6; do curl -s {url}; done");
+    println!();
+    println!("Press Ctrl-C to stop.");
+    crate::wait_for_stop_signal();
+    balancer.shutdown();
+    Ok(())
+}

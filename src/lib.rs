@@ -1,0 +1,233 @@
+//! clonelb: a layer-7 load balancer for a cluster of identical app servers ("clones").
+//!
+//! The library holds everything; `main.rs` only parses the command line. Tests and
+//! benchmarks drive the same code the binary runs.
+//!
+//! Data flows one way on the request path: [`server`] accepts and serves a connection,
+//! [`proxy`] loads the [`table::RoutingTable`] snapshot once, the [`strategy`] picks a
+//! clone, and [`forward`] sends the request over that clone's own connection [`pool`].
+//! The only writes are atomics in the clone's [`backend::BackendState`].
+//!
+//! Modules:
+//! * [`config`] — lb.toml schema and validation (pure);
+//! * [`backend`], [`pool`] — a clone and its shared state and idle connections;
+//! * [`strategy`], [`table`] — picking a clone from an immutable snapshot;
+//! * [`server`], [`deadline`], [`proxy`], [`forward`], [`body`] — the request path;
+//! * [`demo`] — the embedded clones of `clonelb demo`;
+//! * [`error`] — one error enum per layer.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod body;
+pub mod config;
+pub mod deadline;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod strategy;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::StartError;
+use crate::server::Signal;
+use crate::table::{RoutingTable, SharedTable};
+
+/// A running balancer: its worker threads, its routing table and its stop switch.
+///
+/// Dropping it stops the workers at once (connections are dropped); [`Balancer::shutdown`]
+/// stops them gracefully and waits.
+pub struct Balancer {
+    table: Arc<SharedTable>,
+    http_addr: SocketAddr,
+    signal: watch::Sender<Signal>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Balancer {
+    /// Build the routing table and start one worker per core listening on
+    /// `config.listen.http` (port 0 picks a free port; see [`Balancer::http_addr`]).
+    pub fn start(config: &Config) -> Result<Balancer, StartError> {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::start_with_workers(config, workers)
+    }
+
+    /// As [`Balancer::start`], with an explicit number of worker threads (at least 1).
+    pub fn start_with_workers(config: &Config, workers: usize) -> Result<Balancer, StartError> {
+        let table = Arc::new(ArcSwap::from_pointee(RoutingTable::build(config, None)));
+        let (signal, _) = watch::channel(Signal::Run);
+        let mut balancer = Balancer {
+            table,
+            http_addr: config.listen.http,
+            signal,
+            workers: Vec::new(),
+        };
+        // The first worker binds the configured address (resolving port 0); the others
+        // bind the address it got.
+        for i in 0..workers.max(1) {
+            let (tx, rx) = mpsc::channel();
+            let addr = balancer.http_addr;
+            let table = Arc::clone(&balancer.table);
+            let signal = balancer.signal.subscribe();
+            let handle = std::thread::Builder::new()
+                .name(format!("clonelb-worker-{i}"))
+                .spawn(move || worker(addr, table, signal, tx))
+                .map_err(StartError::Thread)?;
+            balancer.workers.push(handle);
+            match rx.recv() {
+                Ok(Ok(bound)) => balancer.http_addr = bound,
+                Ok(Err(source)) => {
+                    return Err(StartError::Bind {
+                        address: addr,
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(StartError::Thread(std::io::Error::other(
+                        "worker thread exited before binding",
+                    )))
+                }
+            }
+        }
+        Ok(balancer)
+    }
+
+    /// The address the plain-HTTP listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The current routing table snapshot.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    /// The shared table, for the reload path and the admin API.
+    pub fn shared_table(&self) -> &Arc<SharedTable> {
+        &self.table
+    }
+
+    /// Stop accepting, let connections finish (up to [`server::SHUTDOWN_GRACE`]), and wait
+    /// for the workers to exit.
+    pub fn shutdown(mut self) {
+        let _ = self.signal.send(Signal::Graceful);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+
+    /// Stop at once, dropping every connection, and wait for the workers.
+    pub fn abort(mut self) {
+        let _ = self.signal.send(Signal::Abort);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        // Workers not joined here: they stop on their own right after the signal.
+        let _ = self.signal.send(Signal::Abort);
+    }
+}
+
+type BindResult = std::io::Result<SocketAddr>;
+
+fn worker(
+    addr: SocketAddr,
+    table: Arc<SharedTable>,
+    signal: watch::Receiver<Signal>,
+    bound: mpsc::Sender<BindResult>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match server::bind(addr).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((local, l)) => {
+                let _ = bound.send(Ok(local));
+                l
+            }
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        server::serve(listener, table, signal).await;
+    });
+}
+
+/// `clonelb run`: load the config, serve until SIGINT/SIGTERM, stop gracefully.
+pub fn run(config_path: &Path) -> Result<(), StartError> {
+    let checked = config::load(config_path)?;
+    for w in &checked.warnings {
+        tracing::warn!(
+            "{}",
+            config::format_diagnostic(&config_path.display().to_string(), w)
+        );
+    }
+    let balancer = Balancer::start(&checked.config)?;
+    let table = balancer.table();
+    tracing::info!(
+        listen = %balancer.http_addr(),
+        strategy = table.picker().kind().as_str(),
+        clones = table.backends().len(),
+        "clonelb serving"
+    );
+    drop(table);
+    wait_for_stop_signal();
+    tracing::info!("stopping: finishing requests in flight");
+    balancer.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Block until SIGINT or SIGTERM.
+pub fn wait_for_stop_signal() {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    });
+}

@@ -1,0 +1,89 @@
+//! The `clonelb` command line: parses arguments, sets up logging, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "clonelb",
+    version,
+    about = "A load balancer for clusters of identical app servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGINT/SIGTERM.
+    Run {
+        /// Path to the configuration file.
+        #[arg(long, short, default_value = "lb.toml")]
+        config: PathBuf,
+    },
+    /// Parse and validate a configuration file, then exit (0 valid, 1 invalid).
+    Check {
+        /// Path to the configuration file.
+        path: PathBuf,
+    },
+    /// Start three embedded clones and a balancer in front of them.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 (clap's convention).
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLONELB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run { config } => match clonelb::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { path } => check(&path),
+        Command::Demo => match clonelb::demo::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let label = path.display().to_string();
+    match clonelb::config::load(path) {
+        Ok(checked) => {
+            for w in &checked.warnings {
+                eprintln!("{}", clonelb::config::format_diagnostic(&label, w));
+            }
+            let c = &checked.config;
+            let n = c.backends.len();
+            println!(
+                "{label}: ok: listen http {}, strategy {}, {n} clone{}",
+                c.listen.http,
+                c.balancer.strategy.as_str(),
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

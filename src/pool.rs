@@ -1,0 +1,65 @@
+//! A clone's pool of idle upstream HTTP/1.1 connections.
+//!
+//! Lives inside the clone's [`crate::backend::BackendState`], so it carries over on reload,
+//! is cleared when the clone drains and is dropped with it. Requests to different clones
+//! never share a lock; for one clone the critical section is one `Vec` push or pop.
+//!
+//! A connection enters the pool only when its previous response body was read to the end
+//! without error (see [`crate::body::ResponseBody`]); one that saw an error is dropped,
+//! which closes it. Last in, first out, so the warmest connections are reused and the
+//! surplus ages out on the clone's own keep-alive timeout.
+
+use std::sync::{Mutex, PoisonError};
+
+use hyper::client::conn::http1::SendRequest;
+
+use crate::body::UpstreamBody;
+
+/// Idle connections kept per clone. Sized for peak concurrency of a busy balancer; a
+/// connection above it is closed rather than pooled.
+pub const MAX_IDLE_PER_CLONE: usize = 1024;
+
+pub type Sender = SendRequest<UpstreamBody>;
+
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Sender>>,
+}
+
+impl Pool {
+    /// The most recently returned connection that is still open, if any. It may still be
+    /// finishing its previous exchange: callers wait on `ready()` before sending.
+    pub fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_PER_CLONE {
+            idle.push(sender);
+        }
+    }
+
+    /// Close every idle connection (dropping a sender closes its connection).
+    pub fn clear(&self) {
+        let drained: Vec<Sender> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(drained);
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}

@@ -1,0 +1,117 @@
+//! The routing table: one immutable snapshot of the clones, their strategy and the proxy
+//! settings, published through one `ArcSwap` so a request sees either all of a reload or
+//! none of it.
+//!
+//! [`RoutingTable::build`] reuses each unchanged clone's `Arc<BackendState>` (keyed by
+//! address), so health, in-flight counts, counters and pooled connections survive a reload.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rand::Rng;
+
+use crate::backend::{Backend, BackendState};
+use crate::config::{Config, ProxyConfig};
+use crate::strategy::{Picker, Strategy};
+
+/// What every thread reads: the current table, swapped whole by reload.
+pub type SharedTable = ArcSwap<RoutingTable>;
+
+#[derive(Debug)]
+pub struct RoutingTable {
+    backends: Box<[Backend]>,
+    picker: Picker,
+    config: Arc<Config>,
+}
+
+impl RoutingTable {
+    /// Build a table for `config`, carrying over the state of every clone whose address
+    /// `previous` already had.
+    pub fn build(config: &Config, previous: Option<&RoutingTable>) -> RoutingTable {
+        let backends: Box<[Backend]> = config
+            .backends
+            .iter()
+            .map(|b| Backend {
+                name: Arc::from(b.name.as_str()),
+                address: b.address,
+                weight: b.weight,
+                state: previous
+                    .and_then(|p| p.find(b.address))
+                    .map(|old| Arc::clone(&old.state))
+                    .unwrap_or_else(|| Arc::new(BackendState::new(b.address))),
+            })
+            .collect();
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        RoutingTable {
+            picker: Picker::new(config.balancer.strategy, &weights),
+            backends,
+            config: Arc::new(config.clone()),
+        }
+    }
+
+    /// The clone for the next request, or `None` when none is available. No lock, no
+    /// allocation.
+    #[inline]
+    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<&Backend> {
+        self.picker
+            .pick(&self.backends[..], rng)
+            .and_then(|i| self.backends.get(i))
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    pub fn find(&self, address: SocketAddr) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.address == address)
+    }
+
+    pub fn find_by_name(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| &*b.name == name)
+    }
+
+    pub fn proxy(&self) -> &ProxyConfig {
+        &self.config.proxy
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn picker(&self) -> &Picker {
+        &self.picker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn config(backends: &[&str]) -> Config {
+        let mut src = String::from("[listen]\nhttp = \"127.0.0.1:1\"\n");
+        for b in backends {
+            src.push_str(&format!("[[backend]]\naddress = \"{b}\"\n"));
+        }
+        parse("t", &src).unwrap().config
+    }
+
+    #[test]
+    fn state_carries_over_by_address() {
+        let t1 = RoutingTable::build(&config(&["127.0.0.1:1", "127.0.0.1:2"]), None);
+        t1.backends()[0].state.set_down(true);
+        let _g = t1.backends()[1].state.acquire();
+        let t2 = RoutingTable::build(
+            &config(&["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]),
+            Some(&t1),
+        );
+        let one = t2.find("127.0.0.1:1".parse().unwrap()).unwrap();
+        let two = t2.find("127.0.0.1:2".parse().unwrap()).unwrap();
+        let three = t2.find("127.0.0.1:3".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&one.state, &t1.backends()[0].state));
+        assert!(one.state.is_down());
+        assert_eq!(two.state.in_flight(), 1);
+        assert!(three.state.is_available() && three.state.in_flight() == 0);
+    }
+}
