@@ -172,7 +172,13 @@ pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
             },
         );
     }
-    let config = w.config(doc.get_ref(), doc.span());
+    // After a syntax error the recovered document is partial; checking its schema would
+    // report problems that are not there. Syntax first.
+    let config = if w.diags.is_empty() {
+        w.config(doc.get_ref(), doc.span())
+    } else {
+        None
+    };
     w.diags.sort_by_key(|(span, _)| span.start);
     let (warnings, errors): (Vec<_>, Vec<_>) = w
         .diags
@@ -236,7 +242,10 @@ impl<'s> Walker<'s> {
             Some((t, span)) => {
                 self.check_keys(t, "[listen]", LISTEN_KEYS);
                 match find(t, "http") {
-                    Some((_, v)) => self.address(v).map(|http| ListenConfig { http }),
+                    // Port 0 asks the kernel for a free port (tests, demos).
+                    Some((_, v)) => self
+                        .address("http", v, true)
+                        .map(|http| ListenConfig { http }),
                     None => {
                         self.report(
                             span,
@@ -327,7 +336,7 @@ impl<'s> Walker<'s> {
             };
             self.check_keys(t, "[[backend]]", BACKEND_KEYS);
             let address = match find(t, "address") {
-                Some((_, v)) => self.address(v).map(|a| (a, v)),
+                Some((_, v)) => self.address("address", v, false).map(|a| (a, v)),
                 None => {
                     self.report(
                         item.span(),
@@ -521,12 +530,17 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn address(&mut self, v: &Spanned<DeValue<'_>>) -> Option<SocketAddr> {
+    fn address(
+        &mut self,
+        key: &str,
+        v: &Spanned<DeValue<'_>>,
+        port_zero_ok: bool,
+    ) -> Option<SocketAddr> {
         let Some(s) = v.get_ref().as_str() else {
             self.report(
                 v.span(),
                 ConfigError::WrongType {
-                    key: "address".into(),
+                    key: key.into(),
                     expected: "a string \"IP:PORT\"",
                     found: v.get_ref().type_str(),
                 },
@@ -534,6 +548,16 @@ impl<'s> Walker<'s> {
             return None;
         };
         match parse_address(s) {
+            Ok(a) if a.port() == 0 && !port_zero_ok => {
+                self.report(
+                    v.span(),
+                    ConfigError::BadAddress {
+                        value: s.to_string(),
+                        reason: "port must be 1..=65535".into(),
+                    },
+                );
+                None
+            }
             Ok(a) => Some(a),
             Err(reason) => {
                 self.report(
@@ -572,14 +596,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (read as 127.0.0.1). Host names are not
+/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (read as 127.0.0.1); port 0 is returned as
+/// is (only a listener may use it). Host names are not
 /// resolved: a balancer must not block a reload on DNS, and DNS-based discovery of clones
 /// is its own feature.
 pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
-        if a.port() == 0 {
-            return Err("port must be 1..=65535".into());
-        }
         return Ok(a);
     }
     let Some((host, port)) = s.rsplit_once(':') else {
@@ -588,9 +610,6 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("port \"{port}\" is not a number in 1..=65535"))?;
-    if port == 0 {
-        return Err("port must be 1..=65535".into());
-    }
     if host.eq_ignore_ascii_case("localhost") {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
@@ -692,7 +711,10 @@ address = "localhost:9002"
         assert!(parse_address("app1:80")
             .unwrap_err()
             .contains("not resolved"));
-        assert!(parse_address("127.0.0.1:0").is_err());
+        assert_eq!(parse_address("127.0.0.1:0").unwrap().port(), 0);
+        let e =
+            errors("[listen]\nhttp = \"127.0.0.1:0\"\n[[backend]]\naddress = \"127.0.0.1:0\"\n");
+        assert_eq!(e, vec!["lb.toml:4:11: invalid address \"127.0.0.1:0\": port must be 1..=65535 (expected IP:PORT, e.g. \"127.0.0.1:9001\" or \"[::1]:9001\")"]);
         assert!(parse_address("127.0.0.1:99999").is_err());
     }
 

@@ -15,6 +15,27 @@
 //! * [`server`], [`deadline`], [`proxy`], [`forward`], [`body`] — the request path;
 //! * [`demo`] — the embedded clones of `clonelb demo`;
 //! * [`error`] — one error enum per layer.
+//!
+//! Picking a clone from a table built from lb.toml text:
+//!
+//! ```
+//! use clonelb::{config, table::RoutingTable};
+//! use rand::SeedableRng;
+//!
+//! let text = r#"
+//!     [listen]
+//!     http = "127.0.0.1:8080"
+//!     [[backend]]
+//!     address = "127.0.0.1:9001"
+//!     [[backend]]
+//!     address = "127.0.0.1:9002"
+//! "#;
+//! let cfg = config::parse("lb.toml", text).expect("valid").config;
+//! let table = RoutingTable::build(&cfg, None);
+//! let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+//! let picks: Vec<_> = (0..4).map(|_| table.pick(&mut rng).unwrap().name.to_string()).collect();
+//! assert_eq!(picks, ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9001", "127.0.0.1:9002"]);
+//! ```
 
 #![forbid(unsafe_code)]
 

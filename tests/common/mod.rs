@@ -1,0 +1,510 @@
+//! Test helpers: clones written here (real hyper servers on 127.0.0.1:0 that count what
+//! they receive and can be slow, hang or stream big bodies on command), a balancer started
+//! from lb.toml text, and a small HTTP/1.1 client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What a test clone saw.
+#[derive(Default)]
+pub struct CloneStats {
+    pub hits: AtomicU64,
+    pub connections: AtomicU64,
+    /// Requests currently parked on `/hold`.
+    pub held: AtomicU64,
+    /// Headers of the last request, for header tests.
+    pub last_headers: Mutex<Option<HeaderMap>>,
+}
+
+/// A clone app server for tests. Paths:
+/// * `/` and anything else: `clone=<name>`;
+/// * `/slow?ms=N`: answers after N ms;
+/// * `/hang`: never answers;
+/// * `/hold`: answers when the test calls [`TestClone::release`];
+/// * `/upload`: reads the whole body, answers `<bytes> <checksum>`;
+/// * `/download?bytes=N`: streams N bytes of [`PatternBody`];
+/// * `/hop`: answers with hop-by-hop headers set.
+pub struct TestClone {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<CloneStats>,
+    release: watch::Sender<u64>,
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl TestClone {
+    pub fn hits(&self) -> u64 {
+        self.stats.hits.load(SeqCst)
+    }
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(SeqCst)
+    }
+    pub fn held(&self) -> u64 {
+        self.stats.held.load(SeqCst)
+    }
+    /// Let every request parked on `/hold` answer.
+    pub fn release(&self) {
+        self.release.send_modify(|g| *g += 1);
+    }
+    pub fn last_headers(&self) -> HeaderMap {
+        self.stats.last_headers.lock().unwrap().clone().unwrap()
+    }
+}
+
+/// Start a clone on its own thread and runtime (so it outlives nothing and needs nothing
+/// from the test's runtime). It stops when the handle is dropped.
+pub fn spawn_clone(name: &str) -> TestClone {
+    let stats = Arc::new(CloneStats::default());
+    let (release, release_rx) = watch::channel(0u64);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let st = Arc::clone(&stats);
+    let n = name.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let stop = tokio::task::spawn_blocking(move || {
+                let _ = stop_rx.recv();
+            });
+            let serve = async {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    st.connections.fetch_add(1, SeqCst);
+                    let st = Arc::clone(&st);
+                    let n = n.clone();
+                    let rel = release_rx.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| {
+                            clone_service(req, n.clone(), Arc::clone(&st), rel.clone())
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = stop => {}
+            }
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    TestClone {
+        name: name.to_string(),
+        addr,
+        stats,
+        release,
+        _stop: stop_tx,
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+type TestBody = http_body_util::Either<Full<Bytes>, PatternBody>;
+
+async fn clone_service(
+    req: Request<Incoming>,
+    name: String,
+    stats: Arc<CloneStats>,
+    mut release: watch::Receiver<u64>,
+) -> Result<Response<TestBody>, Infallible> {
+    stats.hits.fetch_add(1, SeqCst);
+    *stats.last_headers.lock().unwrap() = Some(req.headers().clone());
+    let text = |s: String| http_body_util::Either::Left(Full::new(Bytes::from(s)));
+    let mut resp = match req.uri().path() {
+        "/slow" => {
+            let ms = query(&req, "ms").unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(text(format!("clone={name}")))
+        }
+        "/hang" => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "/hold" => {
+            let generation = *release.borrow();
+            stats.held.fetch_add(1, SeqCst);
+            let _ = release.wait_for(|g| *g > generation).await;
+            stats.held.fetch_sub(1, SeqCst);
+            Response::new(text(format!("clone={name}")))
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut sum = Checksum::default();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            sum.update(d);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            Response::new(text(format!("{} {}", sum.len, sum.value())))
+        }
+        "/download" => {
+            let n = query(&req, "bytes").unwrap_or(0);
+            Response::new(http_body_util::Either::Right(PatternBody::new(n)))
+        }
+        "/hop" => {
+            let mut r = Response::new(text(format!("clone={name}")));
+            let h = r.headers_mut();
+            h.insert("connection", "x-clone-private".parse().unwrap());
+            h.insert("x-clone-private", "secret".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("x-kept", "yes".parse().unwrap());
+            r
+        }
+        _ => Response::new(text(format!("clone={name}"))),
+    };
+    resp.headers_mut().insert("x-clone", name.parse().unwrap());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+/// An order-sensitive checksum of a byte stream (Fletcher style over 8-byte words, so it
+/// stays quick in debug builds); chunk boundaries do not matter.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Checksum {
+    pub len: u64,
+    a: u64,
+    b: u64,
+    pending: [u8; 8],
+}
+
+impl Checksum {
+    pub fn update(&mut self, mut data: &[u8]) {
+        let have = (self.len % 8) as usize;
+        self.len += data.len() as u64;
+        if have > 0 {
+            let take = (8 - have).min(data.len());
+            self.pending[have..have + take].copy_from_slice(&data[..take]);
+            data = &data[take..];
+            if have + take < 8 {
+                return;
+            }
+            self.word(u64::from_le_bytes(self.pending));
+        }
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            self.word(u64::from_le_bytes(w.try_into().unwrap()));
+        }
+        let rest = words.remainder();
+        self.pending[..rest.len()].copy_from_slice(rest);
+    }
+    fn word(&mut self, w: u64) {
+        self.a = self.a.wrapping_add(w);
+        self.b = self.b.wrapping_add(self.a);
+    }
+    pub fn value(&self) -> u64 {
+        let tail = (self.len % 8) as usize;
+        let mut last = [0u8; 8];
+        last[..tail].copy_from_slice(&self.pending[..tail]);
+        self.b
+            .wrapping_add(self.a.rotate_left(17))
+            .wrapping_add(u64::from_le_bytes(last))
+            ^ self.len
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// 64 KiB of pseudo-random bytes, twice over, so any rotation is one slice.
+fn pattern_block() -> Bytes {
+    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BLOCK
+        .get_or_init(|| {
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            let one: Vec<u8> = (0..CHUNK)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            Bytes::from([one.clone(), one].concat())
+        })
+        .clone()
+}
+
+/// A body of `len` pseudo-random bytes in 64 KiB chunks (each chunk a different rotation of
+/// one block, so reordering or loss changes the checksum); never held whole.
+pub struct PatternBody {
+    sent: u64,
+    len: u64,
+    block: Bytes,
+}
+
+impl PatternBody {
+    pub fn new(len: u64) -> Self {
+        PatternBody {
+            sent: 0,
+            len,
+            block: pattern_block(),
+        }
+    }
+    pub fn checksum(len: u64) -> Checksum {
+        let mut c = Checksum::default();
+        let mut body = PatternBody::new(len);
+        while let Some(chunk) = body.next_chunk() {
+            c.update(&chunk);
+        }
+        c
+    }
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.sent >= self.len {
+            return None;
+        }
+        let n = (self.len - self.sent).min(CHUNK as u64) as usize;
+        let k = ((self.sent / CHUNK as u64) * 7919 % CHUNK as u64) as usize;
+        self.sent += n as u64;
+        Some(self.block.slice(k..k + n))
+    }
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.next_chunk().map(|c| Ok(Frame::data(c))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.len
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len - self.sent)
+    }
+}
+
+/// lb.toml text for `clones` behind a listener on a free port.
+pub fn config_text(strategy: &str, clones: &[(&TestClone, u32)], proxy: &str) -> String {
+    let mut s = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[balancer]\nstrategy = \"{strategy}\"\n[proxy]\n{proxy}\n"
+    );
+    for (c, w) in clones {
+        s.push_str(&format!(
+            "[[backend]]\naddress = \"{}\"\nname = \"{}\"\nweight = {w}\n",
+            c.addr, c.name
+        ));
+    }
+    s
+}
+
+/// A balancer started in this process from lb.toml text.
+pub fn spawn_lb(toml: &str) -> clonelb::Balancer {
+    let checked = clonelb::config::parse("test.toml", toml).unwrap();
+    clonelb::Balancer::start_with_workers(&checked.config, 2).unwrap()
+}
+
+/// A response read whole.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn clone_name(&self) -> String {
+        self.headers
+            .get("x-clone")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// One kept-alive HTTP/1.1 client connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Answer {
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Answer {
+        self.send(
+            Request::get(path)
+                .header("host", "test.local")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+/// GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    Client::connect(addr).await.get(path).await
+}
+
+/// Count answers by the clone that gave them.
+pub fn tally(names: impl IntoIterator<Item = String>) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for n in names {
+        *m.entry(n).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Poll `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An empty request body for hyper clients that need a concrete type.
+pub fn empty() -> Empty<Bytes> {
+    Empty::new()
+}
+
+/// A port on 127.0.0.1 with nothing listening (bound, then closed).
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// The `clonelb` binary serving a config written to a temporary directory.
+pub struct BinLb {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub dir: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+    /// Lines the process writes to stderr, collected by a reader thread.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl BinLb {
+    /// Start the binary on `toml` (whose listener should use port 0) and wait until it
+    /// logs the address it serves on.
+    pub fn start(toml: &str) -> BinLb {
+        use std::io::BufRead;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "clonelb-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("lb.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clonelb"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("CLONELB_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    if let Some(a) = rest.split_whitespace().next() {
+                        if let Ok(a) = a.parse::<SocketAddr>() {
+                            let _ = addr_tx.send(a);
+                        }
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("clonelb did not report its listen address");
+        BinLb {
+            child,
+            addr,
+            dir,
+            config,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of /proc/PID/status in KiB (e.g. "VmRSS", "VmHWM").
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for BinLb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
