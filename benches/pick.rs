@@ -95,6 +95,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         },
         balancer: BalancerConfig { strategy },
         proxy: ProxyConfig::default(),
+        health: None,
         backends: (0..n)
             .map(|i| BackendConfig {
                 address: address(i),

@@ -8,7 +8,7 @@
 //! counters, so it never waits on anyone.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::pool::Pool;
@@ -42,6 +42,10 @@ pub struct BackendState {
     in_flight: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
+    retries: AtomicU64,
+    ejections: AtomicU64,
+    /// Connection-level failures of real requests in a row (passive ejection).
+    consecutive_failures: AtomicU32,
     pub(crate) pool: Pool,
 }
 
@@ -53,6 +57,9 @@ impl BackendState {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
             pool: Pool::default(),
         }
     }
@@ -77,8 +84,9 @@ impl BackendState {
         self.flags.load(Relaxed) & DRAINING != 0
     }
 
-    pub fn set_down(&self, down: bool) {
-        self.set_flag(DOWN, down);
+    /// Returns whether the clone was down before.
+    pub fn set_down(&self, down: bool) -> bool {
+        self.set_flag(DOWN, down) & DOWN != 0
     }
     pub fn set_disabled(&self, disabled: bool) {
         self.set_flag(DISABLED, disabled);
@@ -90,11 +98,12 @@ impl BackendState {
         }
     }
 
-    fn set_flag(&self, flag: u8, on: bool) {
+    /// Set or clear one flag; returns all flags as they were before.
+    fn set_flag(&self, flag: u8, on: bool) -> u8 {
         if on {
-            self.flags.fetch_or(flag, Relaxed);
+            self.flags.fetch_or(flag, Relaxed)
         } else {
-            self.flags.fetch_and(!flag, Relaxed);
+            self.flags.fetch_and(!flag, Relaxed)
         }
     }
 
@@ -114,8 +123,52 @@ impl BackendState {
         self.failures.load(Relaxed)
     }
 
+    /// Attempts on this clone that failed and were retried on another clone.
+    pub fn retries_total(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+
+    /// Times this clone was ejected by passive outlier detection.
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections.load(Relaxed)
+    }
+
+    pub(crate) fn record_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
+    /// A failure that says nothing about reachability (timeout, error mid-body).
     pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Relaxed);
+    }
+
+    /// A connection-level failure of a real request (refused, reset before the response,
+    /// connect timeout; and 5xx when `eject_on_5xx`). Returns true when this failure
+    /// ejected the clone: the `threshold`-th in a row, and the clone was up until now.
+    pub(crate) fn record_connection_failure(&self, threshold: u32) -> bool {
+        self.failures.fetch_add(1, Relaxed);
+        let run = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if run >= threshold && !self.set_down(true) {
+            self.ejections.fetch_add(1, Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// A real request got its response: the failure run is over. (Read first, so the
+    /// common case writes nothing to a cache line every thread shares.)
+    #[inline]
+    pub(crate) fn record_success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    /// Put the clone back with `run` failures already counted: `threshold - 1` re-admits
+    /// it on probation (its next connection failure ejects it again), 0 clears it.
+    pub(crate) fn readmit(&self, run: u32) {
+        self.consecutive_failures.store(run, Relaxed);
+        self.set_down(false);
     }
 
     /// Count a request as in flight on this clone until the guard is dropped.
@@ -169,5 +222,27 @@ mod tests {
         assert_eq!(s.in_flight(), 1);
         drop(g2);
         assert_eq!((s.in_flight(), s.requests_total()), (0, 2));
+    }
+
+    #[test]
+    fn passive_ejection_after_threshold_and_probation() {
+        let s = BackendState::new("127.0.0.1:1".parse().unwrap());
+        assert!(!s.record_connection_failure(3));
+        s.record_success();
+        assert!(!s.record_connection_failure(3));
+        assert!(!s.record_connection_failure(3));
+        assert!(s.record_connection_failure(3), "third in a row ejects");
+        assert!(s.is_down());
+        assert!(
+            !s.record_connection_failure(3),
+            "already out: not ejected twice"
+        );
+        assert_eq!(s.ejections_total(), 1);
+        s.readmit(2);
+        assert!(s.is_available());
+        assert!(
+            s.record_connection_failure(3),
+            "on probation one failure ejects"
+        );
     }
 }

@@ -29,7 +29,24 @@ pub struct Config {
     pub listen: ListenConfig,
     pub balancer: BalancerConfig,
     pub proxy: ProxyConfig,
+    /// `None` when `[health]` is absent: no active checks (passive ejection still applies).
+    pub health: Option<HealthConfig>,
     pub backends: Vec<BackendConfig>,
+}
+
+impl Config {
+    /// Consecutive connection-level failures that eject a clone: `[health]
+    /// unhealthy_threshold`, or its default when `[health]` is absent.
+    pub fn ejection_threshold(&self) -> u32 {
+        self.health
+            .as_ref()
+            .map_or(DEFAULT_UNHEALTHY_THRESHOLD, |h| h.unhealthy_threshold)
+    }
+
+    /// Whether a 5xx answer counts as a failure towards passive ejection.
+    pub fn eject_on_5xx(&self) -> bool {
+        self.health.as_ref().is_some_and(|h| h.eject_on_5xx)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,6 +88,12 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// From accept (or a later request's first byte) to the end of the request headers.
     pub header_read_timeout: Duration,
+    /// Further attempts on other clones (so at most 1 + retries attempts).
+    pub retries: u32,
+    /// Also retry a response timeout (idempotent requests without a body only).
+    pub retry_on_timeout: bool,
+    /// Without `[health]`: how long a passively ejected clone stays out.
+    pub ejection_time: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -80,7 +103,85 @@ impl Default for ProxyConfig {
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
+            retries: 2,
+            retry_on_timeout: false,
+            ejection_time: Duration::from_secs(30),
         }
+    }
+}
+
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+pub const MAX_RETRIES: u32 = 100;
+
+/// `[health]`: active health checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthConfig {
+    /// GET this path on every clone.
+    pub path: String,
+    pub interval: Duration,
+    /// Per check, connect to status line; shorter than `interval`.
+    pub timeout: Duration,
+    /// Consecutive passes before a down clone is put back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures before an up clone is taken out.
+    pub unhealthy_threshold: u32,
+    /// Statuses that count as a pass.
+    pub expect_status: StatusRanges,
+    /// `Host` header of the checks; the clone's address when unset.
+    pub host: Option<String>,
+    /// A new clone must pass `healthy_threshold` checks before it gets traffic.
+    pub start_unhealthy: bool,
+    /// Count 5xx answers to real requests as failures towards passive ejection.
+    pub eject_on_5xx: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+            expect_status: StatusRanges(vec![(200, 399)]),
+            host: None,
+            start_unhealthy: false,
+            eject_on_5xx: false,
+        }
+    }
+}
+
+/// A set of status codes: "200-399", "200", "200,204", or a mix ("200-299,304").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let code = |t: &str| -> Result<u16, String> {
+            match t.trim().parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(c),
+                _ => Err(format!("\"{}\" is not a status code (100..=599)", t.trim())),
+            }
+        };
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            let range = match part.split_once('-') {
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => {
+                    let c = code(part)?;
+                    (c, c)
+                }
+            };
+            if range.0 > range.1 {
+                return Err(format!("range {}-{} is empty", range.0, range.1));
+            }
+            out.push(range);
+        }
+        Ok(StatusRanges(out))
     }
 }
 
@@ -207,7 +308,7 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-const TOP_KEYS: &[&str] = &["listen", "balancer", "proxy", "backend"];
+const TOP_KEYS: &[&str] = &["listen", "balancer", "proxy", "health", "backend"];
 const LISTEN_KEYS: &[&str] = &["http"];
 const BALANCER_KEYS: &[&str] = &["strategy"];
 const PROXY_KEYS: &[&str] = &[
@@ -215,6 +316,20 @@ const PROXY_KEYS: &[&str] = &[
     "response_timeout",
     "idle_timeout",
     "header_read_timeout",
+    "retries",
+    "retry_on_timeout",
+    "ejection_time",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "path",
+    "interval",
+    "timeout",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "expect_status",
+    "host",
+    "start_unhealthy",
+    "eject_on_5xx",
 ];
 const BACKEND_KEYS: &[&str] = &["address", "name", "weight"];
 
@@ -296,15 +411,108 @@ impl<'s> Walker<'s> {
             self.duration(t, "response_timeout", &mut proxy.response_timeout);
             self.duration(t, "idle_timeout", &mut proxy.idle_timeout);
             self.duration(t, "header_read_timeout", &mut proxy.header_read_timeout);
+            self.count(t, "retries", 0..=MAX_RETRIES, &mut proxy.retries);
+            self.boolean(t, "retry_on_timeout", &mut proxy.retry_on_timeout);
+            self.duration(t, "ejection_time", &mut proxy.ejection_time);
         }
 
+        let health = self.table(root, "health").map(|(t, _)| self.health(t));
         let backends = self.backends(root);
         Some(Config {
             listen: listen?,
             balancer,
             proxy,
+            health,
             backends,
         })
+    }
+
+    fn health(&mut self, t: &DeTable<'_>) -> HealthConfig {
+        self.check_keys(t, "[health]", HEALTH_KEYS);
+        let mut h = HealthConfig::default();
+        if let Some((p, span)) = self.string(t, "path") {
+            if p.starts_with('/') {
+                h.path = p.to_string();
+            } else {
+                self.report(span, ConfigError::BadPath { value: p.into() });
+            }
+        }
+        self.duration(t, "interval", &mut h.interval);
+        self.duration(t, "timeout", &mut h.timeout);
+        self.count(
+            t,
+            "healthy_threshold",
+            1..=u32::MAX,
+            &mut h.healthy_threshold,
+        );
+        self.count(
+            t,
+            "unhealthy_threshold",
+            1..=u32::MAX,
+            &mut h.unhealthy_threshold,
+        );
+        if let Some((s, span)) = self.string(t, "expect_status") {
+            match StatusRanges::parse(s) {
+                Ok(r) => h.expect_status = r,
+                Err(reason) => self.report(
+                    span,
+                    ConfigError::BadStatus {
+                        value: s.into(),
+                        reason,
+                    },
+                ),
+            }
+        }
+        h.host = self.string(t, "host").map(|(s, _)| s.to_string());
+        self.boolean(t, "start_unhealthy", &mut h.start_unhealthy);
+        self.boolean(t, "eject_on_5xx", &mut h.eject_on_5xx);
+        if h.timeout >= h.interval {
+            let span = find(t, "timeout")
+                .or_else(|| find(t, "interval"))
+                .map_or(0..0, |(_, v)| v.span());
+            self.report(
+                span,
+                ConfigError::TimeoutNotBelowInterval {
+                    timeout: h.timeout,
+                    interval: h.interval,
+                },
+            );
+        }
+        h
+    }
+
+    /// An integer key within `range`; left at its default when absent or invalid.
+    fn count(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &'static str,
+        range: std::ops::RangeInclusive<u32>,
+        slot: &mut u32,
+    ) {
+        if let Some((n, span)) = self.integer(table, key) {
+            match u32::try_from(n) {
+                Ok(v) if range.contains(&v) => *slot = v,
+                _ => self.report(
+                    span,
+                    ConfigError::OutOfRange {
+                        key,
+                        value: n,
+                        min: *range.start(),
+                        max: *range.end(),
+                    },
+                ),
+            }
+        }
+    }
+
+    fn boolean(&mut self, table: &DeTable<'_>, key: &str, slot: &mut bool) {
+        let Some((k, v)) = find(table, key) else {
+            return;
+        };
+        match v.get_ref().as_bool() {
+            Some(b) => *slot = b,
+            None => self.wrong_type(k, v, "true or false"),
+        }
     }
 
     fn backends(&mut self, root: &DeTable<'_>) -> Vec<BackendConfig> {
@@ -716,6 +924,40 @@ address = "localhost:9002"
             errors("[listen]\nhttp = \"127.0.0.1:0\"\n[[backend]]\naddress = \"127.0.0.1:0\"\n");
         assert_eq!(e, vec!["lb.toml:4:11: invalid address \"127.0.0.1:0\": port must be 1..=65535 (expected IP:PORT, e.g. \"127.0.0.1:9001\" or \"[::1]:9001\")"]);
         assert!(parse_address("127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn health_section() {
+        let ok = parse(
+            "t",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[health]\npath = \"/up\"\nexpect_status = \"200-299,304\"\nstart_unhealthy = true\n[proxy]\nretries = 0\nretry_on_timeout = true\nejection_time = \"5s\"\n",
+        )
+        .unwrap()
+        .config;
+        let h = ok.health.clone().unwrap();
+        assert_eq!(h.path, "/up");
+        assert!(h.expect_status.contains(304) && h.expect_status.contains(204));
+        assert!(!h.expect_status.contains(302));
+        assert!(h.start_unhealthy && !h.eject_on_5xx);
+        assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
+        assert_eq!((ok.proxy.retries, ok.proxy.retry_on_timeout), (0, true));
+        assert_eq!(ok.proxy.ejection_time, Duration::from_secs(5));
+
+        let e = errors("[listen]\nhttp = \"127.0.0.1:1\"\n[health]\ninterval = \"1s\"\ntimeout = \"1s\"\nhealthy_threshold = 0\nexpect_status = \"200-99\"\npath = \"healthz\"\neject_on_5xx = \"yes\"\n");
+        assert_eq!(
+            e,
+            vec![
+                "lb.toml:5:11: health `timeout` (1s) must be shorter than `interval` (1s)",
+                "lb.toml:6:21: `healthy_threshold` = 0 is out of range (1..=4294967295)",
+                "lb.toml:7:17: invalid status set \"200-99\": \"99\" is not a status code (100..=599) (e.g. \"200-399\", \"200\", \"200,204\")",
+                "lb.toml:8:8: health check path \"healthz\" must start with '/'",
+                "lb.toml:9:16: `eject_on_5xx` must be true or false, found string",
+            ]
+        );
+        assert_eq!(
+            errors("[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\nretries = 101\n"),
+            vec!["lb.toml:4:11: `retries` = 101 is out of range (0..=100)"]
+        );
     }
 
     #[test]

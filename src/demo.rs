@@ -16,7 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::config::{BackendConfig, BalancerConfig, Config, ListenConfig, ProxyConfig};
+use crate::config::{
+    BackendConfig, BalancerConfig, Config, HealthConfig, ListenConfig, ProxyConfig,
+};
 use crate::error::StartError;
 use crate::Balancer;
 
@@ -112,6 +114,7 @@ pub fn run() -> Result<(), StartError> {
         },
         balancer: BalancerConfig::default(),
         proxy: ProxyConfig::default(),
+        health: Some(HealthConfig::default()),
         backends,
     };
     // Port 8080 when free, any free port otherwise.

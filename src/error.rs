@@ -43,6 +43,22 @@ pub enum ConfigError {
     UnknownStrategy { value: String },
     #[error("weight {value} is out of range (1..=1000)")]
     WeightOutOfRange { value: i128 },
+    #[error("`{key}` = {value} is out of range ({min}..={max})")]
+    OutOfRange {
+        key: &'static str,
+        value: i128,
+        min: u32,
+        max: u32,
+    },
+    #[error("health check path \"{value}\" must start with '/'")]
+    BadPath { value: String },
+    #[error("invalid status set \"{value}\": {reason} (e.g. \"200-399\", \"200\", \"200,204\")")]
+    BadStatus { value: String, reason: String },
+    #[error("health `timeout` ({timeout:?}) must be shorter than `interval` ({interval:?})")]
+    TimeoutNotBelowInterval {
+        timeout: Duration,
+        interval: Duration,
+    },
     #[error("`name` must not be empty")]
     EmptyName,
     #[error("duplicate clone name \"{name}\" (first used on line {first_line})")]
@@ -72,13 +88,29 @@ impl ConfigError {
     }
 }
 
-/// Whose fault a failed request was; decides logging and, later, ejection.
+/// Whose fault a failed request was; decides what counts against a clone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The clone misbehaved (refused, reset, too slow, malformed answer).
     Clone,
+    /// The client did (e.g. its request body failed mid-stream).
+    Client,
     /// Nothing was wrong with any one clone: the pool has none available.
     Balancer,
+}
+
+/// When a failed attempt may be sent to another clone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Always: nothing of the request reached the clone.
+    Always,
+    /// Only for an idempotent method (GET, HEAD, OPTIONS, PUT, DELETE) without a body: the
+    /// clone may have seen the request, but repeating it is harmless.
+    IfIdempotent,
+    /// As `IfIdempotent`, and only with `[proxy] retry_on_timeout = true`: the clone may
+    /// still be working on it, and retrying timeouts is how retry storms start.
+    IfTimeoutRetriesOn,
+    Never,
 }
 
 /// Why a request could not be proxied. Every variant names the clone involved, if any.
@@ -125,17 +157,34 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::NoClone => Fault::Balancer,
+            // hyper calls an error of the body we were streaming a "user" error: here that
+            // body is the client's.
+            ProxyError::Upstream { source, .. } if source.is_user() => Fault::Client,
             _ => Fault::Clone,
         }
     }
 
-    /// True when the request never reached the clone (the connection could not be
-    /// opened), so it may be sent to another clone whatever its method or body.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
-        )
+    /// Refused, reset before the response, or connect timeout: what passive ejection
+    /// counts. A response timeout is not one (the clone may be busy, not gone).
+    pub fn is_connection_failure(&self) -> bool {
+        self.fault() == Fault::Clone
+            && matches!(
+                self,
+                ProxyError::Connect { .. }
+                    | ProxyError::ConnectTimeout { .. }
+                    | ProxyError::Upstream { .. }
+            )
+    }
+
+    /// When this failed attempt may be repeated on another clone.
+    pub fn retry(&self) -> Retry {
+        match self {
+            // The request never left the balancer: safe for any method and body.
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => Retry::Always,
+            ProxyError::Upstream { .. } if self.fault() == Fault::Clone => Retry::IfIdempotent,
+            ProxyError::ResponseTimeout { .. } => Retry::IfTimeoutRetriesOn,
+            _ => Retry::Never,
+        }
     }
 
     /// The clone this error is about, if any.
@@ -178,13 +227,15 @@ mod tests {
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         assert_eq!(refused.status(), 502);
-        assert!(refused.retryable());
+        assert_eq!(refused.retry(), Retry::Always);
+        assert!(refused.is_connection_failure());
         let slow = ProxyError::ResponseTimeout {
             address: a,
             timeout: Duration::from_secs(1),
         };
         assert_eq!(slow.status(), 504);
-        assert!(!slow.retryable());
+        assert_eq!(slow.retry(), Retry::IfTimeoutRetriesOn);
+        assert!(!slow.is_connection_failure());
         assert_eq!(slow.fault(), Fault::Clone);
     }
 }

@@ -13,6 +13,7 @@
 //! * [`backend`], [`pool`] — a clone and its shared state and idle connections;
 //! * [`strategy`], [`table`] — picking a clone from an immutable snapshot;
 //! * [`server`], [`deadline`], [`proxy`], [`forward`], [`body`] — the request path;
+//! * [`health`] — active health checks (passive ejection lives on the request path);
 //! * [`demo`] — the embedded clones of `clonelb demo`;
 //! * [`error`] — one error enum per layer.
 //!
@@ -46,6 +47,7 @@ pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod server;
@@ -54,7 +56,7 @@ pub mod table;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
@@ -62,6 +64,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::StartError;
+use crate::health::HealthChecks;
 use crate::server::Signal;
 use crate::table::{RoutingTable, SharedTable};
 
@@ -74,6 +77,55 @@ pub struct Balancer {
     http_addr: SocketAddr,
     signal: watch::Sender<Signal>,
     workers: Vec<JoinHandle<()>>,
+    control: Control,
+    health: Mutex<HealthChecks>,
+}
+
+/// The runtime of everything off the request path (health checks, later reload and
+/// admin), on its own thread so it never competes with the workers' runtimes.
+struct Control {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Control {
+    fn start() -> Result<Control, StartError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Thread)?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("clonelb-control".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })
+            .map_err(StartError::Thread)?;
+        Ok(Control {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Balancer {
@@ -93,7 +145,10 @@ impl Balancer {
             http_addr: config.listen.http,
             signal,
             workers: Vec::new(),
+            control: Control::start()?,
+            health: Mutex::new(HealthChecks::default()),
         };
+        balancer.sync_health();
         // The first worker binds the configured address (resolving port 0); the others
         // bind the address it got.
         for i in 0..workers.max(1) {
@@ -139,6 +194,19 @@ impl Balancer {
         &self.table
     }
 
+    /// Bring the health checker tasks in step with the current table.
+    fn sync_health(&self) {
+        let table = self.table.load();
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sync(
+                &self.control.handle,
+                table.config().health.as_ref(),
+                table.backends(),
+            );
+    }
+
     /// Stop accepting, let connections finish (up to [`server::SHUTDOWN_GRACE`]), and wait
     /// for the workers to exit.
     pub fn shutdown(mut self) {
@@ -146,6 +214,7 @@ impl Balancer {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        self.control.stop();
     }
 
     /// Stop at once, dropping every connection, and wait for the workers.
@@ -154,13 +223,20 @@ impl Balancer {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        self.control.stop();
     }
 }
 
 impl Drop for Balancer {
     fn drop(&mut self) {
-        // Workers not joined here: they stop on their own right after the signal.
+        // Workers not joined here: they stop on their own right after the signal. The
+        // health checkers stop with the control runtime.
         let _ = self.signal.send(Signal::Abort);
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop_all();
+        self.control.stop();
     }
 }
 

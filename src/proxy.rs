@@ -1,27 +1,35 @@
 //! The service for one client request: load the table once → pick a clone → take its
-//! in-flight guard → forward → stream the answer back, or answer the error.
+//! in-flight guard → forward → stream the answer back, or retry on another clone, or
+//! answer the error.
 //!
 //! The table guard is dropped before the first `.await`; after that the request holds only
 //! its clone's `Arc<BackendState>` (inside the guard), so a reload never waits for it and a
 //! removed clone's state lives exactly as long as its last request.
+//!
+//! Retries (`[proxy] retries`, never the same clone twice) follow [`ProxyError::retry`]:
+//! a failed connect is retried for any request (nothing was sent); a reset or malformed
+//! answer before the response head only for an idempotent method without a body; a
+//! response timeout only with `retry_on_timeout` and under the same condition. A request
+//! whose body was partly streamed is never retried: its body is gone.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::{Method, Request, Response};
+use hyper::body::{Body, Incoming};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::backend::InFlightGuard;
+use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{ResponseBody, UpstreamBody};
-use crate::config::ProxyConfig;
 use crate::deadline::{ActiveRequest, ConnActivity};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Retry};
 use crate::forward::{self, ClientInfo, SendFailure};
-use crate::table::SharedTable;
+use crate::pool::Sender;
+use crate::table::{Policy, SharedTable};
 
 /// Everything a request needs from its client connection; one per connection.
 #[derive(Debug)]
@@ -36,73 +44,190 @@ thread_local! {
     static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
 }
 
+/// Pick an available clone not in `tried` from the current table and count the request
+/// on it. The table guard never outlives this call.
+fn acquire(table: &SharedTable, tried: &[SocketAddr]) -> (Option<InFlightGuard>, Policy) {
+    let table = table.load();
+    let picked = RNG.with(|rng| {
+        let rng = &mut *rng.borrow_mut();
+        if tried.is_empty() {
+            table.pick(rng)
+        } else {
+            table.pick_excluding(rng, tried)
+        }
+        .map(|b| b.state.acquire())
+    });
+    (picked, *table.policy())
+}
+
 /// Serve one request. Never fails: every error becomes a response.
 pub async fn handle(
     req: Request<Incoming>,
     cx: Arc<ConnContext>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let active = ActiveRequest::new(&cx.activity);
-    let (picked, proxy) = {
-        let table = cx.table.load();
-        let picked = RNG.with(|rng| {
-            table
-                .pick(&mut *rng.borrow_mut())
-                .map(|b| b.state.acquire())
-        });
-        (picked, *table.proxy())
-    };
-    let Some(guard) = picked else {
+    let (picked, policy) = acquire(&cx.table, &[]);
+    let Some(mut guard) = picked else {
         return Ok(error_response(&ProxyError::NoClone));
     };
-    let req = forward::prepare(req, &cx.client);
-    Ok(match proxy_to(guard, req, &proxy, active).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(error = %e, "request failed");
-            error_response(&e)
-        }
-    })
-}
-
-/// Forward to the clone behind `guard`. On a pooled connection that turns out to be closed
-/// before the request left, the request is sent once more on a fresh connection.
-async fn proxy_to(
-    guard: InFlightGuard,
-    req: Request<UpstreamBody>,
-    proxy: &ProxyConfig,
-    active: ActiveRequest,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let state = guard.state();
-    let address = state.address();
-    let result = async {
-        let mut conn = forward::connect(state, proxy.connect_timeout, true).await?;
-        match forward::send(&mut conn, req, address, proxy.response_timeout).await {
-            Ok(resp) => Ok((resp, conn)),
-            Err(SendFailure {
-                request: Some(req), ..
-            }) if conn.reused => {
-                let mut conn = forward::connect(state, proxy.connect_timeout, false).await?;
-                let resp = forward::send(&mut conn, req, address, proxy.response_timeout)
-                    .await
-                    .map_err(|f| f.error)?;
-                Ok((resp, conn))
+    let mut req = forward::prepare(req, &cx.client);
+    // The head of a request that may be repeated after the clone saw it (idempotent, no
+    // body); kept only when retries are on.
+    let replay =
+        (policy.proxy.retries > 0 && is_idempotent(req.method()) && req.body().is_end_stream())
+            .then(|| UpstreamHead::of(&req));
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        let state = Arc::clone(guard.state());
+        match attempt(&state, req, &policy).await {
+            Ok((resp, sender)) => {
+                if policy.eject_on_5xx && resp.status().is_server_error() {
+                    connection_failure(&state, &policy);
+                } else {
+                    state.record_success();
+                }
+                let (parts, body) = resp.into_parts();
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, guard, sender, Some(active)),
+                ));
             }
-            Err(f) => Err(f.error),
+            Err(AttemptFailure { error, request }) => {
+                if error.is_connection_failure() {
+                    connection_failure(&state, &policy);
+                } else {
+                    state.record_failure();
+                }
+                let again = match (error.retry(), request) {
+                    _ if tried.len() as u32 >= policy.proxy.retries => None,
+                    // Handed back untouched: nothing of it reached the clone.
+                    (Retry::Always | Retry::IfIdempotent, Some(request)) => Some(request),
+                    (Retry::IfIdempotent, None) => replay.as_ref().map(UpstreamHead::request),
+                    (Retry::IfTimeoutRetriesOn, _) if policy.proxy.retry_on_timeout => {
+                        replay.as_ref().map(UpstreamHead::request)
+                    }
+                    _ => None,
+                };
+                let Some(again) = again else {
+                    tracing::debug!(error = %error, "request failed");
+                    return Ok(error_response(&error));
+                };
+                tried.push(state.address());
+                let Some(next) = acquire(&cx.table, &tried).0 else {
+                    tracing::debug!(error = %error, "request failed; no other clone to retry on");
+                    return Ok(error_response(&error));
+                };
+                state.record_retry();
+                tracing::debug!(error = %error, next = %next.state().address(), "retrying on another clone");
+                guard = next;
+                req = again;
+            }
         }
     }
-    .await;
-    match result {
-        Ok((resp, conn)) => {
-            let (parts, body) = resp.into_parts();
-            Ok(Response::from_parts(
-                parts,
-                ResponseBody::upstream(body, guard, conn.sender, Some(active)),
-            ))
+}
+
+/// Count a connection-level failure; on the one that ejects the clone, log it and, without
+/// active checks, schedule its return on probation after `ejection_time`.
+fn connection_failure(state: &Arc<BackendState>, policy: &Policy) {
+    if !state.record_connection_failure(policy.eject_after) {
+        return;
+    }
+    tracing::warn!(
+        address = %state.address(),
+        failures = policy.eject_after,
+        "clone ejected: connection failures in a row"
+    );
+    if policy.active_checks {
+        return; // its checker brings it back after healthy_threshold passes
+    }
+    let state = Arc::clone(state);
+    let (wait, probation) = (policy.proxy.ejection_time, policy.eject_after - 1);
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        state.readmit(probation);
+        tracing::info!(address = %state.address(), "clone re-admitted on probation");
+    });
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// The head of a bodiless request, to send it again.
+struct UpstreamHead(http::request::Parts);
+
+impl UpstreamHead {
+    fn of(req: &Request<UpstreamBody>) -> Self {
+        let mut head = Request::new(());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.version_mut() = req.version();
+        *head.headers_mut() = req.headers().clone();
+        UpstreamHead(head.into_parts().0)
+    }
+
+    fn request(&self) -> Request<UpstreamBody> {
+        Request::from_parts(self.0.clone(), UpstreamBody::Empty)
+    }
+}
+
+/// A failed attempt, with the request back when none of it reached the clone.
+struct AttemptFailure {
+    error: ProxyError,
+    request: Option<Request<UpstreamBody>>,
+}
+
+/// One attempt on one clone. A pooled connection found closed before the request left is
+/// replaced by a fresh one (that is the pool's failure, not the clone's).
+async fn attempt(
+    state: &BackendState,
+    req: Request<UpstreamBody>,
+    policy: &Policy,
+) -> Result<(Response<Incoming>, Sender), AttemptFailure> {
+    let address = state.address();
+    let (connect_timeout, response_timeout) =
+        (policy.proxy.connect_timeout, policy.proxy.response_timeout);
+    let mut conn = match forward::connect(state, connect_timeout, true).await {
+        Ok(c) => c,
+        Err(error) => {
+            return Err(AttemptFailure {
+                error,
+                request: Some(req),
+            })
         }
-        Err(e) => {
-            state.record_failure();
-            Err(e)
+    };
+    let failure = match forward::send(&mut conn, req, address, response_timeout).await {
+        Ok(resp) => return Ok((resp, conn.sender)),
+        Err(f) => f,
+    };
+    match failure {
+        SendFailure {
+            request: Some(req), ..
+        } if conn.reused => {
+            let mut conn = match forward::connect(state, connect_timeout, false).await {
+                Ok(c) => c,
+                Err(error) => {
+                    return Err(AttemptFailure {
+                        error,
+                        request: Some(req),
+                    })
+                }
+            };
+            match forward::send(&mut conn, req, address, response_timeout).await {
+                Ok(resp) => Ok((resp, conn.sender)),
+                Err(f) => Err(AttemptFailure {
+                    error: f.error,
+                    request: f.request,
+                }),
+            }
         }
+        f => Err(AttemptFailure {
+            error: f.error,
+            request: f.request,
+        }),
     }
 }
 

@@ -22,7 +22,19 @@ pub type SharedTable = ArcSwap<RoutingTable>;
 pub struct RoutingTable {
     backends: Box<[Backend]>,
     picker: Picker,
+    policy: Policy,
     config: Arc<Config>,
+}
+
+/// What one request needs to know about failures, copied out of the table per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub proxy: ProxyConfig,
+    /// Connection failures in a row that eject a clone.
+    pub eject_after: u32,
+    pub eject_on_5xx: bool,
+    /// Whether active checks run (else ejected clones come back after `ejection_time`).
+    pub active_checks: bool,
 }
 
 impl RoutingTable {
@@ -39,15 +51,43 @@ impl RoutingTable {
                 state: previous
                     .and_then(|p| p.find(b.address))
                     .map(|old| Arc::clone(&old.state))
-                    .unwrap_or_else(|| Arc::new(BackendState::new(b.address))),
+                    .unwrap_or_else(|| new_state(config, b.address)),
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         RoutingTable {
             picker: Picker::new(config.balancer.strategy, &weights),
             backends,
+            policy: Policy {
+                proxy: config.proxy,
+                eject_after: config.ejection_threshold(),
+                eject_on_5xx: config.eject_on_5xx(),
+                active_checks: config.health.is_some(),
+            },
             config: Arc::new(config.clone()),
         }
+    }
+
+    /// A clone for a retry: available and not one of `tried`. Tries the strategy first (so
+    /// retries follow it too), then any available clone not tried yet.
+    pub fn pick_excluding<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        tried: &[SocketAddr],
+    ) -> Option<&Backend> {
+        for _ in 0..self.backends.len() {
+            let b = self.pick(rng)?;
+            if !tried.contains(&b.address) {
+                return Some(b);
+            }
+        }
+        self.backends
+            .iter()
+            .find(|b| b.is_available() && !tried.contains(&b.address))
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The clone for the next request, or `None` when none is available. No lock, no
@@ -72,7 +112,7 @@ impl RoutingTable {
     }
 
     pub fn proxy(&self) -> &ProxyConfig {
-        &self.config.proxy
+        &self.policy.proxy
     }
 
     pub fn config(&self) -> &Config {
@@ -82,6 +122,16 @@ impl RoutingTable {
     pub fn picker(&self) -> &Picker {
         &self.picker
     }
+}
+
+/// A clone seen for the first time: up (optimistic), or down until it passes
+/// `healthy_threshold` checks when `[health] start_unhealthy = true`.
+fn new_state(config: &Config, address: SocketAddr) -> Arc<BackendState> {
+    let state = BackendState::new(address);
+    if config.health.as_ref().is_some_and(|h| h.start_unhealthy) {
+        state.set_down(true);
+    }
+    Arc::new(state)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,6 +30,12 @@ pub struct CloneStats {
     pub held: AtomicU64,
     /// Headers of the last request, for header tests.
     pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Health checks (`/healthz`) seen.
+    pub checks: AtomicU64,
+    /// Status `/healthz` answers (0 = 200).
+    pub health_status: AtomicU16,
+    /// Accept connections but answer nothing at all.
+    pub mute: AtomicBool,
 }
 
 /// A clone app server for tests. Paths:
@@ -39,13 +45,17 @@ pub struct CloneStats {
 /// * `/hold`: answers when the test calls [`TestClone::release`];
 /// * `/upload`: reads the whole body, answers `<bytes> <checksum>`;
 /// * `/download?bytes=N`: streams N bytes of [`PatternBody`];
-/// * `/hop`: answers with hop-by-hop headers set.
+/// * `/hop`: answers with hop-by-hop headers set;
+/// * `/status?code=N`: answers status N;
+/// * `/abort`: reads one body frame, then drops the connection without answering;
+/// * `/healthz`: answers [`CloneStats::health_status`] and is not counted in `hits`.
 pub struct TestClone {
     pub name: String,
     pub addr: SocketAddr,
     pub stats: Arc<CloneStats>,
     release: watch::Sender<u64>,
-    _stop: std::sync::mpsc::Sender<()>,
+    stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl TestClone {
@@ -65,15 +75,41 @@ impl TestClone {
     pub fn last_headers(&self) -> HeaderMap {
         self.stats.last_headers.lock().unwrap().clone().unwrap()
     }
+    pub fn checks(&self) -> u64 {
+        self.stats.checks.load(SeqCst)
+    }
+    pub fn set_health(&self, status: u16) {
+        self.stats.health_status.store(status, SeqCst);
+    }
+    /// Stop at once: the listener and every open connection are closed (as a crashed
+    /// process's would be). Returns once they are.
+    pub fn kill(&self) {
+        drop(self.stop.lock().unwrap().take());
+        if let Some(rx) = self.stopped.lock().unwrap().take() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for TestClone {
+    fn drop(&mut self) {
+        drop(self.stop.lock().unwrap().take());
+    }
 }
 
 /// Start a clone on its own thread and runtime (so it outlives nothing and needs nothing
 /// from the test's runtime). It stops when the handle is dropped.
 pub fn spawn_clone(name: &str) -> TestClone {
+    spawn_clone_at(name, "127.0.0.1:0".parse().unwrap())
+}
+
+/// A clone on a given address (to restart a killed one where it was).
+pub fn spawn_clone_at(name: &str, at: SocketAddr) -> TestClone {
     let stats = Arc::new(CloneStats::default());
     let (release, release_rx) = watch::channel(0u64);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<()>();
     let st = Arc::clone(&stats);
     let n = name.to_string();
     std::thread::spawn(move || {
@@ -82,7 +118,7 @@ pub fn spawn_clone(name: &str) -> TestClone {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listener = TcpListener::bind(at).await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
             let stop = tokio::task::spawn_blocking(move || {
                 let _ = stop_rx.recv();
@@ -109,6 +145,9 @@ pub fn spawn_clone(name: &str) -> TestClone {
                 _ = stop => {}
             }
         });
+        // The runtime is gone, and with it every connection task and socket.
+        drop(rt);
+        let _ = stopped_tx.send(());
     });
     let addr = addr_rx.recv().unwrap();
     TestClone {
@@ -116,7 +155,8 @@ pub fn spawn_clone(name: &str) -> TestClone {
         addr,
         stats,
         release,
-        _stop: stop_tx,
+        stop: Mutex::new(Some(stop_tx)),
+        stopped: Mutex::new(Some(stopped_rx)),
     }
 }
 
@@ -134,7 +174,19 @@ async fn clone_service(
     name: String,
     stats: Arc<CloneStats>,
     mut release: watch::Receiver<u64>,
-) -> Result<Response<TestBody>, Infallible> {
+) -> Result<Response<TestBody>, std::io::Error> {
+    if stats.mute.load(SeqCst) {
+        std::future::pending::<()>().await;
+    }
+    if req.uri().path() == "/healthz" {
+        stats.checks.fetch_add(1, SeqCst);
+        let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from("ok"))));
+        *r.status_mut() = match stats.health_status.load(SeqCst) {
+            0 => StatusCode::OK,
+            s => StatusCode::from_u16(s).unwrap(),
+        };
+        return Ok(r);
+    }
     stats.hits.fetch_add(1, SeqCst);
     *stats.last_headers.lock().unwrap() = Some(req.headers().clone());
     let text = |s: String| http_body_util::Either::Left(Full::new(Bytes::from(s)));
@@ -183,10 +235,21 @@ async fn clone_service(
             h.insert("x-kept", "yes".parse().unwrap());
             r
         }
+        "/status" => {
+            let code = query(&req, "code").unwrap_or(200) as u16;
+            let mut r = Response::new(text(format!("clone={name} status={code}")));
+            *r.status_mut() = StatusCode::from_u16(code).unwrap();
+            r
+        }
+        "/abort" => {
+            let mut body = req.into_body();
+            let _ = body.frame().await;
+            // An error from the service makes hyper drop the connection unanswered.
+            return Err(std::io::Error::other("clone aborts the exchange"));
+        }
         _ => Response::new(text(format!("clone={name}"))),
     };
     resp.headers_mut().insert("x-clone", name.parse().unwrap());
-    *resp.status_mut() = StatusCode::OK;
     Ok(resp)
 }
 

@@ -1,0 +1,292 @@
+//! Active health checks: one checker task per clone, and the pure pass/fail counter it owns.
+//!
+//! A checker GETs `[health] path` on its clone every `interval` (±10 % jitter, and a random
+//! first delay, so checks of many clones do not fire in one burst), feeds the outcome to its
+//! [`HealthCounter`], and publishes only transitions, with one atomic store to the clone's
+//! `down` flag. The request path never waits on a check.
+//!
+//! Passive ejection (the request path taking a clone out after connection failures, see
+//! [`crate::backend::BackendState::record_connection_failure`]) sets the same flag; the
+//! checker reads it before each check, so a passively ejected clone is "down" to its
+//! counter too and comes back only after `healthy_threshold` passes. Every transition is
+//! logged once, with its reason.
+//!
+//! Writes only `BackendState`'s health (the `down` flag and the failure run).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, USER_AGENT};
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Backend, BackendState};
+use crate::config::HealthConfig;
+
+/// A health transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+/// Consecutive passes and failures of one clone's checks. Pure: feed it outcomes, it says
+/// when the clone changes state.
+#[derive(Debug, Clone)]
+pub struct HealthCounter {
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+    up: bool,
+    /// Outcomes in a row that disagree with the current state.
+    run: u32,
+}
+
+impl HealthCounter {
+    pub fn new(up: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
+        HealthCounter {
+            healthy_threshold: healthy_threshold.max(1),
+            unhealthy_threshold: unhealthy_threshold.max(1),
+            up,
+            run: 0,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Record one check; returns the transition it caused, if any.
+    pub fn record(&mut self, pass: bool) -> Option<Transition> {
+        if pass == self.up {
+            self.run = 0;
+            return None;
+        }
+        self.run += 1;
+        let threshold = if self.up {
+            self.unhealthy_threshold
+        } else {
+            self.healthy_threshold
+        };
+        if self.run < threshold {
+            return None;
+        }
+        self.up = pass;
+        self.run = 0;
+        Some(if pass {
+            Transition::Up
+        } else {
+            Transition::Down
+        })
+    }
+
+    /// The clone was taken out by someone else (passive ejection): start counting passes.
+    pub fn force_down(&mut self) {
+        self.up = false;
+        self.run = 0;
+    }
+}
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailure {
+    #[error("status {0}")]
+    Status(StatusCode),
+    #[error("timeout after {0:?}")]
+    Timeout(Duration),
+    #[error("connection refused or reset: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("bad response: {0}")]
+    Http(#[source] hyper::Error),
+}
+
+/// One check: connect, `GET path`, read the status line, all within `timeout`.
+pub async fn probe(address: SocketAddr, cfg: &HealthConfig) -> Result<StatusCode, CheckFailure> {
+    let host = match &cfg.host {
+        Some(h) => HeaderValue::from_str(h).ok(),
+        None => HeaderValue::from_str(&address.to_string()).ok(),
+    };
+    let exchange = async {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(CheckFailure::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(CheckFailure::Http)?;
+        let conn = tokio::spawn(conn);
+        let mut req = Request::get(cfg.path.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| CheckFailure::Status(StatusCode::BAD_REQUEST))?;
+        let headers = req.headers_mut();
+        if let Some(h) = host {
+            headers.insert(HOST, h);
+        }
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        let resp = sender.send_request(req).await.map_err(CheckFailure::Http)?;
+        // The body is not needed; dropping the connection closes it.
+        conn.abort();
+        Ok(resp.status())
+    };
+    match tokio::time::timeout(cfg.timeout, exchange).await {
+        Ok(Ok(status)) if cfg.expect_status.contains(status.as_u16()) => Ok(status),
+        Ok(Ok(status)) => Err(CheckFailure::Status(status)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(CheckFailure::Timeout(cfg.timeout)),
+    }
+}
+
+const USER_AGENT_VALUE: &str = concat!("clonelb-health/", env!("CARGO_PKG_VERSION"));
+
+/// `interval` ± 10 %.
+fn jittered(interval: Duration, rng: &mut impl Rng) -> Duration {
+    let f = 0.9 + 0.2 * (rng.next_u32() as f64 / u32::MAX as f64);
+    interval.mul_f64(f)
+}
+
+/// Check one clone forever (until the task is aborted).
+pub async fn check_loop(name: Arc<str>, state: Arc<BackendState>, cfg: Arc<HealthConfig>) {
+    let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+    let mut counter = HealthCounter::new(
+        !state.is_down(),
+        cfg.healthy_threshold,
+        cfg.unhealthy_threshold,
+    );
+    // Spread the first checks of many clones over one interval.
+    let first = cfg
+        .interval
+        .mul_f64(rng.next_u32() as f64 / u32::MAX as f64);
+    tokio::time::sleep(first).await;
+    loop {
+        if counter.is_up() && state.is_down() {
+            counter.force_down();
+        }
+        let outcome = probe(state.address(), &cfg).await;
+        match (counter.record(outcome.is_ok()), &outcome) {
+            (Some(Transition::Up), _) => {
+                state.readmit(0);
+                tracing::info!(clone = %name, address = %state.address(), "clone up: health checks pass");
+            }
+            (Some(Transition::Down), Err(why)) => {
+                state.set_down(true);
+                tracing::warn!(clone = %name, address = %state.address(), reason = %why, "clone down: health checks fail");
+            }
+            _ => {}
+        }
+        tokio::time::sleep(jittered(cfg.interval, &mut rng)).await;
+    }
+}
+
+/// The checker tasks of every clone, kept in step with the routing table.
+#[derive(Default)]
+pub struct HealthChecks {
+    config: Option<Arc<HealthConfig>>,
+    tasks: HashMap<SocketAddr, (Arc<BackendState>, JoinHandle<()>)>,
+}
+
+impl HealthChecks {
+    /// Start a checker for every clone in `clones` that has none, stop those of clones no
+    /// longer listed, and restart all of them if the health settings changed. A clone's
+    /// checker is tied to its state: a new state for the same address gets a new checker.
+    pub fn sync(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        config: Option<&HealthConfig>,
+        clones: &[Backend],
+    ) {
+        if self.config.as_deref() != config {
+            self.stop_all();
+            self.config = config.cloned().map(Arc::new);
+        }
+        let Some(cfg) = self.config.clone() else {
+            return;
+        };
+        let wanted: HashMap<SocketAddr, &Backend> = clones.iter().map(|b| (b.address, b)).collect();
+        self.tasks.retain(|addr, (state, task)| {
+            let keep = wanted
+                .get(addr)
+                .is_some_and(|b| Arc::ptr_eq(&b.state, state));
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for b in clones {
+            self.tasks.entry(b.address).or_insert_with(|| {
+                let task = rt.spawn(check_loop(
+                    Arc::clone(&b.name),
+                    Arc::clone(&b.state),
+                    Arc::clone(&cfg),
+                ));
+                (Arc::clone(&b.state), task)
+            });
+        }
+    }
+
+    pub fn stop_all(&mut self) {
+        for (_, (_, task)) in self.tasks.drain() {
+            task.abort();
+        }
+    }
+
+    /// Clones being checked.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_needs_consecutive_results() {
+        let mut c = HealthCounter::new(true, 2, 3);
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(true), None, "a pass breaks the failure run");
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(false), Some(Transition::Down));
+        assert_eq!(c.record(false), None, "a transition is reported once");
+        assert_eq!(c.record(true), None);
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(true), None);
+        assert_eq!(c.record(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn forced_down_needs_healthy_threshold_passes() {
+        let mut c = HealthCounter::new(true, 2, 3);
+        c.force_down();
+        assert!(!c.is_up());
+        assert_eq!(c.record(true), None);
+        assert_eq!(c.record(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(2), &mut rng);
+            assert!(d >= Duration::from_millis(1800) && d <= Duration::from_millis(2200));
+        }
+    }
+}
