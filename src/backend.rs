@@ -47,6 +47,10 @@ pub struct BackendState {
     /// Connection-level failures of real requests in a row (passive ejection).
     consecutive_failures: AtomicU32,
     pub(crate) pool: Pool,
+    /// Fired when a draining clone's `drain_timeout` passes: every upstream connection to
+    /// it closes, cutting what is still in flight. (Its own `Arc`, so connection tasks do
+    /// not keep the state alive.)
+    pub(crate) cut: Arc<tokio::sync::Notify>,
 }
 
 impl BackendState {
@@ -61,6 +65,7 @@ impl BackendState {
             ejections: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             pool: Pool::default(),
+            cut: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -105,6 +110,12 @@ impl BackendState {
         } else {
             self.flags.fetch_and(!flag, Relaxed)
         }
+    }
+
+    /// Close every connection to this clone now, idle or busy (end of a drain).
+    pub fn cut_connections(&self) {
+        self.pool.clear();
+        self.cut.notify_waiters();
     }
 
     /// Requests (or upgraded connections) on this clone right now.

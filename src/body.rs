@@ -121,7 +121,10 @@ impl Kind {
         if let Kind::Upstream { finish, .. } = self {
             if let Some(Finish { guard, sender }) = finish.take() {
                 match end {
-                    End::Clean => guard.state().pool.put(sender),
+                    End::Clean => {
+                        let state = guard.state();
+                        state.pool.put(sender, state.is_draining());
+                    }
                     End::CloneError => guard.state().record_failure(),
                     End::Cut => {}
                 }

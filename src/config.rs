@@ -94,6 +94,11 @@ pub struct ProxyConfig {
     pub retry_on_timeout: bool,
     /// Without `[health]`: how long a passively ejected clone stays out.
     pub ejection_time: Duration,
+    /// A clone removed by a reload is dropped when idle, or after this (cutting what is
+    /// still in flight).
+    pub drain_timeout: Duration,
+    /// On SIGTERM/SIGINT, requests in flight get this long to finish.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +111,8 @@ impl Default for ProxyConfig {
             retries: 2,
             retry_on_timeout: false,
             ejection_time: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -319,6 +326,8 @@ const PROXY_KEYS: &[&str] = &[
     "retries",
     "retry_on_timeout",
     "ejection_time",
+    "drain_timeout",
+    "shutdown_timeout",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -414,6 +423,8 @@ impl<'s> Walker<'s> {
             self.count(t, "retries", 0..=MAX_RETRIES, &mut proxy.retries);
             self.boolean(t, "retry_on_timeout", &mut proxy.retry_on_timeout);
             self.duration(t, "ejection_time", &mut proxy.ejection_time);
+            self.duration(t, "drain_timeout", &mut proxy.drain_timeout);
+            self.duration(t, "shutdown_timeout", &mut proxy.shutdown_timeout);
         }
 
         let health = self.table(root, "health").map(|(t, _)| self.health(t));

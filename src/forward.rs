@@ -171,9 +171,14 @@ pub async fn connect(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::Upstream { address, source })?;
+    let cut = std::sync::Arc::clone(&state.cut);
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(clone = %address, error = %e, "upstream connection ended");
+        let cut = cut.notified();
+        tokio::select! {
+            res = conn => if let Err(e) = res {
+                tracing::debug!(clone = %address, error = %e, "upstream connection ended");
+            },
+            _ = cut => tracing::debug!(clone = %address, "upstream connection cut: drain timeout"),
         }
     });
     Ok(Connection {

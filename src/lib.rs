@@ -14,6 +14,7 @@
 //! * [`strategy`], [`table`] — picking a clone from an immutable snapshot;
 //! * [`server`], [`deadline`], [`proxy`], [`forward`], [`body`] — the request path;
 //! * [`health`] — active health checks (passive ejection lives on the request path);
+//! * [`reload`] — lb.toml reloads (the only writer of the table) and draining;
 //! * [`demo`] — the embedded clones of `clonelb demo`;
 //! * [`error`] — one error enum per layer.
 //!
@@ -50,13 +51,14 @@ pub mod forward;
 pub mod health;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod strategy;
 pub mod table;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
@@ -64,7 +66,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::StartError;
-use crate::health::HealthChecks;
+use crate::reload::{ControlState, Trigger};
 use crate::server::Signal;
 use crate::table::{RoutingTable, SharedTable};
 
@@ -77,8 +79,10 @@ pub struct Balancer {
     http_addr: SocketAddr,
     signal: watch::Sender<Signal>,
     workers: Vec<JoinHandle<()>>,
+    state: Arc<ControlState>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    // Dropped last: the runtime the control state's tasks run on.
     control: Control,
-    health: Mutex<HealthChecks>,
 }
 
 /// The runtime of everything off the request path (health checks, later reload and
@@ -132,23 +136,66 @@ impl Balancer {
     /// Build the routing table and start one worker per core listening on
     /// `config.listen.http` (port 0 picks a free port; see [`Balancer::http_addr`]).
     pub fn start(config: &Config) -> Result<Balancer, StartError> {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::start_with_workers(config, workers)
+        Self::start_with(config, None, default_workers())
+    }
+
+    /// Load `path`, start serving it, and reload it whenever it changes (see [`reload`]).
+    pub fn start_from_file(path: &Path) -> Result<Balancer, StartError> {
+        Self::start_from_file_with_workers(path, default_workers())
+    }
+
+    /// As [`Balancer::start_from_file`], with an explicit number of worker threads.
+    pub fn start_from_file_with_workers(
+        path: &Path,
+        workers: usize,
+    ) -> Result<Balancer, StartError> {
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StartError::Config(config::LoadError {
+                path: label.clone(),
+                diagnostics: vec![config::Diagnostic {
+                    line: 1,
+                    col: 1,
+                    error: error::ConfigError::Io(e.to_string()),
+                }],
+            })
+        })?;
+        let checked = config::parse(&label, &text)?;
+        for w in &checked.warnings {
+            tracing::warn!("{}", config::format_diagnostic(&label, w));
+        }
+        let mut balancer =
+            Self::start_with(&checked.config, Some((path.to_path_buf(), text)), workers)?;
+        balancer._watcher = reload::watch(&balancer.state).map_err(|e| {
+            StartError::Thread(std::io::Error::other(format!("cannot watch {label}: {e}")))
+        })?;
+        Ok(balancer)
     }
 
     /// As [`Balancer::start`], with an explicit number of worker threads (at least 1).
     pub fn start_with_workers(config: &Config, workers: usize) -> Result<Balancer, StartError> {
+        Self::start_with(config, None, workers)
+    }
+
+    fn start_with(
+        config: &Config,
+        file: Option<(std::path::PathBuf, String)>,
+        workers: usize,
+    ) -> Result<Balancer, StartError> {
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::build(config, None)));
         let (signal, _) = watch::channel(Signal::Run);
+        let control = Control::start()?;
+        let (path, text) = file.unzip();
+        let state = ControlState::new(Arc::clone(&table), control.handle.clone(), path, text);
         let mut balancer = Balancer {
             table,
             http_addr: config.listen.http,
             signal,
             workers: Vec::new(),
-            control: Control::start()?,
-            health: Mutex::new(HealthChecks::default()),
+            state,
+            _watcher: None,
+            control,
         };
-        balancer.sync_health();
         // The first worker binds the configured address (resolving port 0); the others
         // bind the address it got.
         for i in 0..workers.max(1) {
@@ -194,26 +241,24 @@ impl Balancer {
         &self.table
     }
 
-    /// Bring the health checker tasks in step with the current table.
-    fn sync_health(&self) {
-        let table = self.table.load();
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sync(
-                &self.control.handle,
-                table.config().health.as_ref(),
-                table.backends(),
-            );
+    /// Reload the config file now (as SIGHUP does); see [`reload::ControlState::reload`].
+    pub fn reload(&self) -> reload::Outcome {
+        self.state.reload(Trigger::Signal)
     }
 
-    /// Stop accepting, let connections finish (up to [`server::SHUTDOWN_GRACE`]), and wait
-    /// for the workers to exit.
+    /// Generation, last reload error, draining clones.
+    pub fn control(&self) -> &Arc<ControlState> {
+        &self.state
+    }
+
+    /// Stop accepting (the listeners close at once), let requests in flight finish (up to
+    /// `[proxy] shutdown_timeout`), and wait for the workers to exit.
     pub fn shutdown(mut self) {
         let _ = self.signal.send(Signal::Graceful);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        self.state.stop();
         self.control.stop();
     }
 
@@ -223,6 +268,7 @@ impl Balancer {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        self.state.stop();
         self.control.stop();
     }
 }
@@ -232,12 +278,13 @@ impl Drop for Balancer {
         // Workers not joined here: they stop on their own right after the signal. The
         // health checkers stop with the control runtime.
         let _ = self.signal.send(Signal::Abort);
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stop_all();
+        self.state.stop();
         self.control.stop();
     }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 type BindResult = std::io::Result<SocketAddr>;
@@ -273,26 +320,26 @@ fn worker(
     });
 }
 
-/// `clonelb run`: load the config, serve until SIGINT/SIGTERM, stop gracefully.
+/// `clonelb run`: load the config, serve until SIGINT/SIGTERM (reloading on change and on
+/// SIGHUP), then stop gracefully. A second SIGINT/SIGTERM exits at once.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
-    let checked = config::load(config_path)?;
-    for w in &checked.warnings {
-        tracing::warn!(
-            "{}",
-            config::format_diagnostic(&config_path.display().to_string(), w)
-        );
-    }
-    let balancer = Balancer::start(&checked.config)?;
+    let balancer = Balancer::start_from_file(config_path)?;
     let table = balancer.table();
     tracing::info!(
         listen = %balancer.http_addr(),
         strategy = table.picker().kind().as_str(),
         clones = table.backends().len(),
+        generation = 1,
         "clonelb serving"
     );
     drop(table);
-    wait_for_stop_signal();
-    tracing::info!("stopping: finishing requests in flight");
+    wait_for_signals(Some(&balancer));
+    tracing::info!("stopping: listeners closed, finishing requests in flight");
+    std::thread::spawn(|| {
+        wait_for_signals(None);
+        tracing::warn!("second stop signal: exiting now");
+        std::process::exit(1);
+    });
     balancer.shutdown();
     tracing::info!("stopped");
     Ok(())
@@ -300,6 +347,11 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
 
 /// Block until SIGINT or SIGTERM.
 pub fn wait_for_stop_signal() {
+    wait_for_signals(None);
+}
+
+/// Block until SIGINT or SIGTERM; on SIGHUP reload `balancer`'s config file.
+fn wait_for_signals(balancer: Option<&Balancer>) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -310,15 +362,22 @@ pub fn wait_for_stop_signal() {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => {
+                        if let Some(b) = balancer {
+                            b.reload();
+                        }
                     }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
         }

@@ -39,8 +39,10 @@ impl Pool {
         None
     }
 
-    pub fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+    /// Keep `sender` for the next request, unless it is closed or `closing` (the clone is
+    /// draining: its idle connections are closed, not kept).
+    pub fn put(&self, sender: Sender, closing: bool) {
+        if closing || sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);

@@ -34,9 +34,6 @@ pub enum Signal {
     Abort,
 }
 
-/// How long a graceful stop waits for connections before dropping them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Bind a listener that other workers may bind too (`SO_REUSEPORT`).
@@ -93,10 +90,11 @@ pub async fn serve(
     if *signal.borrow() == Signal::Abort {
         return;
     }
+    let grace = table.load().proxy().shutdown_timeout;
     tokio::select! {
         _ = all_done.recv() => {}
-        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!("shutdown grace time over; closing remaining connections");
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(timeout = ?grace, "shutdown_timeout passed; closing the remaining connections");
         }
         _ = wait_for(&mut signal, Signal::Abort) => {}
     }

@@ -41,6 +41,19 @@ impl RoutingTable {
     /// Build a table for `config`, carrying over the state of every clone whose address
     /// `previous` already had.
     pub fn build(config: &Config, previous: Option<&RoutingTable>) -> RoutingTable {
+        Self::build_reusing(config, |a| {
+            previous
+                .and_then(|p| p.find(a))
+                .map(|b| Arc::clone(&b.state))
+        })
+    }
+
+    /// Build a table for `config`, taking each clone's state from `reuse` (by address) when
+    /// it has one, so health, in-flight counts, counters and pooled connections carry over.
+    pub fn build_reusing(
+        config: &Config,
+        reuse: impl Fn(SocketAddr) -> Option<Arc<BackendState>>,
+    ) -> RoutingTable {
         let backends: Box<[Backend]> = config
             .backends
             .iter()
@@ -48,10 +61,7 @@ impl RoutingTable {
                 name: Arc::from(b.name.as_str()),
                 address: b.address,
                 weight: b.weight,
-                state: previous
-                    .and_then(|p| p.find(b.address))
-                    .map(|old| Arc::clone(&old.state))
-                    .unwrap_or_else(|| new_state(config, b.address)),
+                state: reuse(b.address).unwrap_or_else(|| new_state(config, b.address)),
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::SeqCst};
@@ -36,6 +37,8 @@ pub struct CloneStats {
     pub health_status: AtomicU16,
     /// Accept connections but answer nothing at all.
     pub mute: AtomicBool,
+    /// When each counted request arrived.
+    pub hit_times: Mutex<Vec<Instant>>,
 }
 
 /// A clone app server for tests. Paths:
@@ -47,6 +50,7 @@ pub struct CloneStats {
 /// * `/download?bytes=N`: streams N bytes of [`PatternBody`];
 /// * `/hop`: answers with hop-by-hop headers set;
 /// * `/status?code=N`: answers status N;
+/// * `/drip?chunks=N&ms=M`: streams N chunks of [`DRIP_CHUNK`] bytes, one every M ms;
 /// * `/abort`: reads one body frame, then drops the connection without answering;
 /// * `/healthz`: answers [`CloneStats::health_status`] and is not counted in `hits`.
 pub struct TestClone {
@@ -71,6 +75,16 @@ impl TestClone {
     /// Let every request parked on `/hold` answer.
     pub fn release(&self) {
         self.release.send_modify(|g| *g += 1);
+    }
+    /// Requests that arrived after `t`.
+    pub fn hits_after(&self, t: Instant) -> usize {
+        self.stats
+            .hit_times
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&h| h > t)
+            .count()
     }
     pub fn last_headers(&self) -> HeaderMap {
         self.stats.last_headers.lock().unwrap().clone().unwrap()
@@ -187,6 +201,7 @@ async fn clone_service(
         };
         return Ok(r);
     }
+    stats.hit_times.lock().unwrap().push(Instant::now());
     stats.hits.fetch_add(1, SeqCst);
     *stats.last_headers.lock().unwrap() = Some(req.headers().clone());
     let text = |s: String| http_body_util::Either::Left(Full::new(Bytes::from(s)));
@@ -234,6 +249,14 @@ async fn clone_service(
             h.insert("keep-alive", "timeout=5".parse().unwrap());
             h.insert("x-kept", "yes".parse().unwrap());
             r
+        }
+        "/drip" => {
+            let chunks = query(&req, "chunks").unwrap_or(10);
+            let ms = query(&req, "ms").unwrap_or(100);
+            Response::new(http_body_util::Either::Right(PatternBody::dripping(
+                chunks,
+                Duration::from_millis(ms),
+            )))
         }
         "/status" => {
             let code = query(&req, "code").unwrap_or(200) as u16;
@@ -325,7 +348,11 @@ pub struct PatternBody {
     sent: u64,
     len: u64,
     block: Bytes,
+    /// For a dripping body: the pause before each chunk.
+    drip: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
+
+pub const DRIP_CHUNK: u64 = 1000;
 
 impl PatternBody {
     pub fn new(len: u64) -> Self {
@@ -333,6 +360,16 @@ impl PatternBody {
             sent: 0,
             len,
             block: pattern_block(),
+            drip: None,
+        }
+    }
+    /// `chunks` chunks of [`DRIP_CHUNK`] bytes, one every `every`.
+    pub fn dripping(chunks: u64, every: Duration) -> Self {
+        PatternBody {
+            sent: 0,
+            len: chunks * DRIP_CHUNK,
+            block: pattern_block(),
+            drip: Some((every, Box::pin(tokio::time::sleep(every)))),
         }
     }
     pub fn checksum(len: u64) -> Checksum {
@@ -347,7 +384,12 @@ impl PatternBody {
         if self.sent >= self.len {
             return None;
         }
-        let n = (self.len - self.sent).min(CHUNK as u64) as usize;
+        let max = if self.drip.is_some() {
+            DRIP_CHUNK
+        } else {
+            CHUNK as u64
+        };
+        let n = (self.len - self.sent).min(max) as usize;
         let k = ((self.sent / CHUNK as u64) * 7919 % CHUNK as u64) as usize;
         self.sent += n as u64;
         Some(self.block.slice(k..k + n))
@@ -359,8 +401,16 @@ impl Body for PatternBody {
     type Error = Infallible;
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let more = self.sent < self.len;
+        if let Some((every, sleep)) = &mut self.drip {
+            if more {
+                std::task::ready!(sleep.as_mut().poll(cx));
+                let next = tokio::time::Instant::now() + *every;
+                sleep.as_mut().reset(next);
+            }
+        }
         Poll::Ready(self.next_chunk().map(|c| Ok(Frame::data(c))))
     }
     fn is_end_stream(&self) -> bool {
