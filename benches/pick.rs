@@ -96,6 +96,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         balancer: BalancerConfig { strategy },
         proxy: ProxyConfig::default(),
         health: None,
+        limits: Default::default(),
         backends: (0..n)
             .map(|i| BackendConfig {
                 address: address(i),

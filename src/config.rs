@@ -31,6 +31,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `None` when `[health]` is absent: no active checks (passive ejection still applies).
     pub health: Option<HealthConfig>,
+    pub limits: LimitsConfig,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -99,6 +100,11 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// On SIGTERM/SIGINT, requests in flight get this long to finish.
     pub shutdown_timeout: Duration,
+    /// A request body that sends nothing for this long between frames is aborted (408).
+    pub body_read_timeout: Duration,
+    /// Keep an incoming `X-Forwarded-For` and append the client (true), or replace it with
+    /// the client alone (false, for an edge balancer that must not trust clients).
+    pub trust_forwarded: bool,
 }
 
 impl Default for ProxyConfig {
@@ -113,9 +119,43 @@ impl Default for ProxyConfig {
             ejection_time: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            trust_forwarded: true,
         }
     }
 }
+
+/// `[limits]`: what one client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LimitsConfig {
+    /// Request target longer than this → 414.
+    pub max_request_line: u64,
+    /// Request line + headers larger than this → 431. At least 8 KiB (hyper's minimum
+    /// read buffer).
+    pub max_header_size: u64,
+    /// More header fields than this → 431.
+    pub max_headers: u64,
+    /// Request body larger than this → 413; 0 = unlimited.
+    pub max_body: u64,
+    /// Open client connections (all listeners); beyond it new connections wait in the
+    /// accept backlog.
+    pub max_connections: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_line: 8 * 1024,
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            max_body: 0,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// hyper cannot read request heads with a buffer under 8 KiB.
+pub const MIN_HEADER_SIZE: u64 = 8 * 1024;
 
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 pub const MAX_RETRIES: u32 = 100;
@@ -315,7 +355,14 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-const TOP_KEYS: &[&str] = &["listen", "balancer", "proxy", "health", "backend"];
+const TOP_KEYS: &[&str] = &["listen", "balancer", "proxy", "health", "limits", "backend"];
+const LIMITS_KEYS: &[&str] = &[
+    "max_request_line",
+    "max_header_size",
+    "max_headers",
+    "max_body",
+    "max_connections",
+];
 const LISTEN_KEYS: &[&str] = &["http"];
 const BALANCER_KEYS: &[&str] = &["strategy"];
 const PROXY_KEYS: &[&str] = &[
@@ -328,6 +375,8 @@ const PROXY_KEYS: &[&str] = &[
     "ejection_time",
     "drain_timeout",
     "shutdown_timeout",
+    "body_read_timeout",
+    "trust_forwarded",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -425,6 +474,23 @@ impl<'s> Walker<'s> {
             self.duration(t, "ejection_time", &mut proxy.ejection_time);
             self.duration(t, "drain_timeout", &mut proxy.drain_timeout);
             self.duration(t, "shutdown_timeout", &mut proxy.shutdown_timeout);
+            self.duration(t, "body_read_timeout", &mut proxy.body_read_timeout);
+            self.boolean(t, "trust_forwarded", &mut proxy.trust_forwarded);
+        }
+
+        let mut limits = LimitsConfig::default();
+        if let Some((t, _)) = self.table(root, "limits") {
+            self.check_keys(t, "[limits]", LIMITS_KEYS);
+            self.size(t, "max_request_line", 1, &mut limits.max_request_line);
+            self.size(
+                t,
+                "max_header_size",
+                MIN_HEADER_SIZE,
+                &mut limits.max_header_size,
+            );
+            self.size(t, "max_headers", 1, &mut limits.max_headers);
+            self.size(t, "max_body", 0, &mut limits.max_body);
+            self.size(t, "max_connections", 1, &mut limits.max_connections);
         }
 
         let health = self.table(root, "health").map(|(t, _)| self.health(t));
@@ -434,8 +500,40 @@ impl<'s> Walker<'s> {
             balancer,
             proxy,
             health,
+            limits,
             backends,
         })
+    }
+
+    /// A size or count: a TOML integer, or a string "N", "NB", "NKiB", "NMiB", "NGiB".
+    fn size(&mut self, table: &DeTable<'_>, key: &'static str, min: u64, slot: &mut u64) {
+        let Some((k, v)) = find(table, key) else {
+            return;
+        };
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
+                .map_err(|_| "must be a non-negative integer".to_string()),
+            DeValue::String(s) => parse_size(s),
+            _ => {
+                self.wrong_type(k, v, "a size (e.g. 8192 or \"8KiB\")");
+                return;
+            }
+        };
+        match parsed {
+            Ok(n) if n >= min => *slot = n,
+            Ok(n) => self.report(v.span(), ConfigError::SizeTooSmall { key, value: n, min }),
+            Err(reason) => self.report(
+                v.span(),
+                ConfigError::BadSize {
+                    key,
+                    value: match v.get_ref() {
+                        DeValue::String(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    },
+                    reason,
+                },
+            ),
+        }
     }
 
     fn health(&mut self, t: &DeTable<'_>) -> HealthConfig {
@@ -815,6 +913,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A byte count: "4096", "512B", "8KiB", "16MiB", "1GiB" (binary units only, so "8KB"
+/// cannot be misread as 8,000 or 8,192).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected an integer and an optional unit B, KiB, MiB or GiB".to_string())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit \"{other}\" (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(scale).ok_or_else(|| "too large".to_string())
+}
+
 /// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (read as 127.0.0.1); port 0 is returned as
 /// is (only a listener may use it). Host names are not
 /// resolved: a balancer must not block a reload on DNS, and DNS-based discovery of clones
@@ -968,6 +1085,32 @@ address = "localhost:9002"
         assert_eq!(
             errors("[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\nretries = 101\n"),
             vec!["lb.toml:4:11: `retries` = 101 is out of range (0..=100)"]
+        );
+    }
+
+    #[test]
+    fn limits_and_sizes() {
+        assert_eq!(parse_size("8KiB"), Ok(8192));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("3 MiB"), Ok(3 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("8KB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").is_err());
+        let c = parse(
+            "t",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[limits]\nmax_body = \"1MiB\"\nmax_headers = 50\n",
+        )
+        .unwrap()
+        .config;
+        assert_eq!((c.limits.max_body, c.limits.max_headers), (1 << 20, 50));
+        assert_eq!(c.limits.max_header_size, 32 * 1024);
+        let e = errors("[listen]\nhttp = \"127.0.0.1:1\"\n[limits]\nmax_header_size = \"4KiB\"\nmax_body = \"1MB\"\n");
+        assert_eq!(
+            e,
+            vec![
+                "lb.toml:4:19: `max_header_size` = 4096 is below its minimum 8192",
+                "lb.toml:5:12: invalid size \"1MB\" for `max_body`: unknown unit \"MB\" (use B, KiB, MiB or GiB)",
+            ]
         );
     }
 

@@ -115,6 +115,7 @@ pub fn run() -> Result<(), StartError> {
         balancer: BalancerConfig::default(),
         proxy: ProxyConfig::default(),
         health: Some(HealthConfig::default()),
+        limits: Default::default(),
         backends,
     };
     // Port 8080 when free, any free port otherwise.

@@ -50,6 +50,18 @@ pub enum ConfigError {
         min: u32,
         max: u32,
     },
+    #[error("invalid size \"{value}\" for `{key}`: {reason}")]
+    BadSize {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("`{key}` = {value} is below its minimum {min}")]
+    SizeTooSmall {
+        key: &'static str,
+        value: u64,
+        min: u64,
+    },
     #[error("health check path \"{value}\" must start with '/'")]
     BadPath { value: String },
     #[error("invalid status set \"{value}\": {reason} (e.g. \"200-399\", \"200\", \"200,204\")")]
@@ -99,6 +111,63 @@ pub enum Fault {
     Balancer,
 }
 
+/// A request refused for what the client sent, before or while it was forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("Transfer-Encoding other than \"chunked\"")]
+    BadTransferEncoding,
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    TransferEncodingHttp10,
+    #[error("no Host header")]
+    MissingHost,
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("invalid Host header")]
+    BadHost,
+    #[error("request target longer than max_request_line")]
+    UriTooLong,
+    #[error("request body larger than max_body")]
+    BodyTooLarge,
+    #[error("request body stalled longer than body_read_timeout")]
+    BodyTimeout,
+    #[error("the request body failed before its end")]
+    BodyFailed,
+}
+
+impl RequestError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            RequestError::UriTooLong => StatusCode::URI_TOO_LONG,
+            RequestError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Why a request body being forwarded stopped early (the `Error` of
+/// [`crate::body::UpstreamBody`]; found again in hyper's error chain by
+/// [`crate::forward`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("client body failed: {0}")]
+    Client(#[source] hyper::Error),
+    #[error("body larger than max_body")]
+    TooLarge,
+    #[error("no body data within body_read_timeout")]
+    Timeout,
+}
+
+impl BodyError {
+    pub fn as_request_error(&self) -> RequestError {
+        match self {
+            BodyError::Client(_) => RequestError::BodyFailed,
+            BodyError::TooLarge => RequestError::BodyTooLarge,
+            BodyError::Timeout => RequestError::BodyTimeout,
+        }
+    }
+}
+
 /// When a failed attempt may be sent to another clone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -118,6 +187,8 @@ pub enum Retry {
 pub enum ProxyError {
     #[error("no clone available")]
     NoClone,
+    #[error("{0}")]
+    Rejected(RequestError),
     #[error("clone {address} refused or reset the connection")]
     Connect {
         address: SocketAddr,
@@ -147,6 +218,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoClone => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Rejected(r) => r.status(),
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -157,6 +229,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::NoClone => Fault::Balancer,
+            ProxyError::Rejected(_) => Fault::Client,
             // hyper calls an error of the body we were streaming a "user" error: here that
             // body is the client's.
             ProxyError::Upstream { source, .. } if source.is_user() => Fault::Client,
@@ -190,7 +263,7 @@ impl ProxyError {
     /// The clone this error is about, if any.
     pub fn clone_address(&self) -> Option<SocketAddr> {
         match self {
-            ProxyError::NoClone => None,
+            ProxyError::NoClone | ProxyError::Rejected(_) => None,
             ProxyError::Connect { address, .. }
             | ProxyError::ConnectTimeout { address, .. }
             | ProxyError::Upstream { address, .. }

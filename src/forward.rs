@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::backend::BackendState;
-use crate::body::UpstreamBody;
-use crate::error::ProxyError;
+use crate::body::{ClientBody, UpstreamBody};
+use crate::config::{LimitsConfig, ProxyConfig};
+use crate::error::{BodyError, ProxyError, RequestError};
 use crate::pool::Sender;
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
@@ -74,31 +75,77 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrite a client request for a clone. Done once per request, before a clone is picked.
-pub fn prepare(req: Request<Incoming>, client: &ClientInfo) -> Request<UpstreamBody> {
+/// A client request checked and rewritten for a clone.
+pub struct Prepared {
+    pub request: Request<UpstreamBody>,
+    /// The framing was doubtful (`Content-Length` and `Transfer-Encoding` both sent): the
+    /// client connection is closed after the response (RFC 9112 §6.1).
+    pub close_after: bool,
+}
+
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Check a client request against the framing rules and `[limits]`, and rewrite it for a
+/// clone: origin-form target, hop-by-hop headers removed, `X-Forwarded-*` set. Done once per
+/// request, before a clone is picked.
+pub fn prepare(
+    req: Request<Incoming>,
+    client: &ClientInfo,
+    proxy: &ProxyConfig,
+    limits: &LimitsConfig,
+) -> Result<Prepared, RequestError> {
     let (mut parts, body) = req.into_parts();
+    let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len as u64 > limits.max_request_line {
+        return Err(RequestError::UriTooLong);
+    }
     let headers = &mut parts.headers;
+    let close_after = check_framing(parts.version, headers)?;
+    if close_after {
+        // Framed by chunked; the clone gets the balancer's own framing either way.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if limits.max_body > 0 {
+        if let Some(len) = body.size_hint().exact() {
+            if len > limits.max_body {
+                return Err(RequestError::BodyTooLarge);
+            }
+        }
+    }
+
+    // Absolute-form target ("GET http://a/x"): the clone gets origin-form, and Host is the
+    // target's authority, whatever Host said (RFC 9112 §3.2.2).
+    if let Some(authority) = parts.uri.authority() {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| RequestError::BadHost)?;
+        if !valid_host(&host) {
+            return Err(RequestError::BadHost);
+        }
+        headers.insert(header::HOST, host);
+        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = Uri::try_from(pq).map_err(|_| RequestError::BadHost)?;
+    } else {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) if parts.version >= Version::HTTP_11 => {
+                return Err(RequestError::MissingHost)
+            }
+            (Some(_), Some(_)) => return Err(RequestError::DuplicateHost),
+            (Some(h), None) if !valid_host(h) => return Err(RequestError::BadHost),
+            _ => {}
+        }
+    }
+
+    // Every field named in Connection goes before the balancer adds its own headers, so
+    // `Connection: X-Forwarded-For` cannot erase them.
     if headers.contains_key(header::CONNECTION) || has_any_hop_by_hop(headers) {
         strip_hop_by_hop(headers);
     }
-
-    // Absolute-form target ("GET http://a/x"): the clone gets origin-form; a missing Host
-    // is taken from the authority.
-    if let Some(authority) = parts.uri.authority() {
-        if !headers.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(header::HOST, v);
-            }
-        }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
-        parts.uri = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    headers.remove(HTTP2_SETTINGS);
+    if proxy.trust_forwarded {
+        append_forwarded_for(headers, &client.forwarded_for);
+    } else {
+        headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
     }
-
-    append_forwarded_for(headers, &client.forwarded_for);
     headers.insert(X_FORWARDED_PROTO, client.proto.clone());
     match headers.get(header::HOST).cloned() {
         Some(host) => {
@@ -109,7 +156,67 @@ pub fn prepare(req: Request<Incoming>, client: &ClientInfo) -> Request<UpstreamB
         }
     }
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, UpstreamBody::Incoming(body))
+    let body = ClientBody::new(body, limits.max_body, proxy.body_read_timeout);
+    Ok(Prepared {
+        request: Request::from_parts(parts, UpstreamBody::Client(body)),
+        close_after,
+    })
+}
+
+/// Transfer-Encoding must be exactly "chunked" (one field, one coding) on HTTP/1.1 and
+/// absent on HTTP/1.0; anything else is how requests get smuggled. Returns whether
+/// Content-Length came with it.
+fn check_framing(version: Version, headers: &HeaderMap) -> Result<bool, RequestError> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = te.next() else {
+        return Ok(false);
+    };
+    if version == Version::HTTP_10 || version == Version::HTTP_09 {
+        return Err(RequestError::TransferEncodingHttp10);
+    }
+    let chunked = first
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+    if !chunked || te.next().is_some() {
+        return Err(RequestError::BadTransferEncoding);
+    }
+    Ok(headers.contains_key(header::CONTENT_LENGTH))
+}
+
+/// `host[:port]`: a reg-name, IPv4 or bracketed IPv6 literal, and an optional numeric port.
+pub fn valid_host(v: &HeaderValue) -> bool {
+    let Ok(s) = v.to_str() else { return false };
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(port) => ("ipv6", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    host_ok && port_ok
 }
 
 fn has_any_hop_by_hop(headers: &HeaderMap) -> bool {
@@ -207,19 +314,31 @@ pub async fn send(
         }
         Ok(Err(mut e)) => {
             let request = e.take_message();
-            Err(SendFailure {
-                error: ProxyError::Upstream {
-                    address,
-                    source: e.into_error(),
-                },
-                request,
-            })
+            let source = e.into_error();
+            let error = match body_error(&source) {
+                // The client's body failed (too large, stalled, cut): not the clone's doing.
+                Some(b) => ProxyError::Rejected(b.as_request_error()),
+                None => ProxyError::Upstream { address, source },
+            };
+            Err(SendFailure { error, request })
         }
         Err(_) => Err(SendFailure {
             error: ProxyError::ResponseTimeout { address, timeout },
             request: None,
         }),
     }
+}
+
+/// Our own [`BodyError`] inside hyper's error chain, if that is what failed.
+fn body_error(e: &hyper::Error) -> Option<&BodyError> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<BodyError>() {
+            return Some(b);
+        }
+        source = s.source();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -237,6 +356,66 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hosts() {
+        let ok = |s: &'static str| valid_host(&HeaderValue::from_static(s));
+        for good in [
+            "a",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:80",
+            "xn--d1acufc.xn--p1ai",
+        ] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in [
+            "", ":80", "a:", "a:b", "a:99999", "a b", "a/b", "user@a", "[::1", "[zz]:1", "a:80:80",
+            "[::1]x",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_rules() {
+        let h = |te: &[&'static str], cl: bool| {
+            let mut m = HeaderMap::new();
+            for v in te {
+                m.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            if cl {
+                m.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+            }
+            m
+        };
+        assert_eq!(
+            check_framing(Version::HTTP_11, &h(&["chunked"], false)),
+            Ok(false)
+        );
+        assert_eq!(
+            check_framing(Version::HTTP_11, &h(&["Chunked "], true)),
+            Ok(true)
+        );
+        for bad in [
+            &["chunked, chunked"][..],
+            &["gzip, chunked"],
+            &["chunked", "chunked"],
+            &["identity"],
+        ] {
+            assert_eq!(
+                check_framing(Version::HTTP_11, &h(bad, false)),
+                Err(RequestError::BadTransferEncoding),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            check_framing(Version::HTTP_10, &h(&["chunked"], false)),
+            Err(RequestError::TransferEncodingHttp10)
+        );
     }
 
     #[test]

@@ -198,14 +198,20 @@ impl Balancer {
         };
         // The first worker binds the configured address (resolving port 0); the others
         // bind the address it got.
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(config.limits.max_connections)
+                .unwrap_or(usize::MAX)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         for i in 0..workers.max(1) {
             let (tx, rx) = mpsc::channel();
             let addr = balancer.http_addr;
             let table = Arc::clone(&balancer.table);
             let signal = balancer.signal.subscribe();
+            let slots = Arc::clone(&slots);
             let handle = std::thread::Builder::new()
                 .name(format!("clonelb-worker-{i}"))
-                .spawn(move || worker(addr, table, signal, tx))
+                .spawn(move || worker(addr, table, signal, slots, tx))
                 .map_err(StartError::Thread)?;
             balancer.workers.push(handle);
             match rx.recv() {
@@ -293,6 +299,7 @@ fn worker(
     addr: SocketAddr,
     table: Arc<SharedTable>,
     signal: watch::Receiver<Signal>,
+    slots: Arc<tokio::sync::Semaphore>,
     bound: mpsc::Sender<BindResult>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -316,7 +323,7 @@ fn worker(
                 return;
             }
         };
-        server::serve(listener, table, signal).await;
+        server::serve(listener, table, signal, slots).await;
     });
 }
 

@@ -44,6 +44,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if matches!(cli.command, Command::Run { .. } | Command::Demo) {
+        raise_open_file_limit();
+    }
     match cli.command {
         Command::Run { config } => match clonelb::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
@@ -86,5 +89,14 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every client and upstream connection is a file descriptor: raise the soft limit to the
+/// hard one, as HAProxy and nginx do, so `max_connections` is not capped by a default 1024.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 }

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Method, Request, Response};
 use hyper::body::{Body, Incoming};
 use rand::rngs::SmallRng;
@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::deadline::{ActiveRequest, ConnActivity};
-use crate::error::{ProxyError, Retry};
+use crate::error::{Fault, ProxyError, Retry};
 use crate::forward::{self, ClientInfo, SendFailure};
 use crate::pool::Sender;
 use crate::table::{Policy, SharedTable};
@@ -70,7 +70,11 @@ pub async fn handle(
     let Some(mut guard) = picked else {
         return Ok(error_response(&ProxyError::NoClone));
     };
-    let mut req = forward::prepare(req, &cx.client);
+    let (mut req, close_after) =
+        match forward::prepare(req, &cx.client, &policy.proxy, &policy.limits) {
+            Ok(p) => (p.request, p.close_after),
+            Err(e) => return Ok(error_response(&ProxyError::Rejected(e))),
+        };
     // The head of a request that may be repeated after the clone saw it (idempotent, no
     // body); kept only when retries are on.
     let replay =
@@ -86,7 +90,12 @@ pub async fn handle(
                 } else {
                     state.record_success();
                 }
-                let (parts, body) = resp.into_parts();
+                let (mut parts, body) = resp.into_parts();
+                if close_after {
+                    parts
+                        .headers
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 return Ok(Response::from_parts(
                     parts,
                     ResponseBody::upstream(body, guard, sender, Some(active)),
@@ -243,9 +252,14 @@ pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
     );
     let mut resp = Response::new(ResponseBody::full(text));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if e.fault() == Fault::Client {
+        // What the client sent is in doubt (framing, an unread body): do not read on.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }

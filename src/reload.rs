@@ -215,6 +215,14 @@ impl ControlState {
             );
             config.listen = running.listen.clone();
         }
+        if config.limits.max_connections != running.limits.max_connections {
+            tracing::warn!(
+                running = running.limits.max_connections,
+                configured = config.limits.max_connections,
+                "limits.max_connections cannot change without a restart; keeping the running limit"
+            );
+            config.limits.max_connections = running.limits.max_connections;
+        }
         // A clone coming back while it drains gets its state (and connections) back.
         let new = RoutingTable::build_reusing(&config, |addr| {
             old.find(addr)

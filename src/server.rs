@@ -17,7 +17,9 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config;
 
 use crate::deadline::{ConnActivity, DeadlineIo};
 use crate::forward::ClientInfo;
@@ -57,16 +59,17 @@ pub async fn serve(
     listener: TcpListener,
     table: Arc<SharedTable>,
     mut signal: watch::Receiver<Signal>,
+    connections: Arc<Semaphore>,
 ) {
     // Every connection task holds a clone of `done`; when all are gone, `recv` says so.
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let mut logged_accept_error = false;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            (permit, accepted) = next_connection(&listener, &connections) => match accepted {
                 Ok((stream, peer)) => {
                     logged_accept_error = false;
-                    tokio::spawn(connection(stream, peer, Arc::clone(&table), signal.clone(), done.clone()));
+                    tokio::spawn(connection(stream, peer, Arc::clone(&table), signal.clone(), (done.clone(), permit)));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, log once, keep going.
@@ -100,6 +103,20 @@ pub async fn serve(
     }
 }
 
+/// A connection slot under `[limits] max_connections`, then a connection. While every slot
+/// is taken, new connections wait in the kernel's accept backlog.
+async fn next_connection(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (
+    Option<OwnedSemaphorePermit>,
+    io::Result<(TcpStream, SocketAddr)>,
+) {
+    // The semaphore is never closed, so acquiring fails never; accept anyway if it did.
+    let permit = Arc::clone(slots).acquire_owned().await.ok();
+    (permit, listener.accept().await)
+}
+
 async fn wait_for(signal: &mut watch::Receiver<Signal>, want: Signal) {
     // An error means the sender is gone: nobody can ask for anything any more.
     let _ = signal.wait_for(|s| *s == want).await;
@@ -111,10 +128,13 @@ async fn connection(
     peer: SocketAddr,
     table: Arc<SharedTable>,
     mut signal: watch::Receiver<Signal>,
-    _done: mpsc::Sender<()>,
+    _held: (mpsc::Sender<()>, Option<OwnedSemaphorePermit>),
 ) {
     let _ = stream.set_nodelay(true);
-    let proxy_cfg = *table.load().proxy();
+    let (proxy_cfg, limits) = {
+        let t = table.load();
+        (*t.proxy(), t.policy().limits)
+    };
     let activity = Arc::new(ConnActivity::default());
     let io = DeadlineIo::new(
         stream,
@@ -129,11 +149,19 @@ async fn connection(
     });
     let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
     let mut builder = hyper::server::conn::http1::Builder::new();
+    let header_size = usize::try_from(limits.max_header_size).unwrap_or(usize::MAX);
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
         // A backstop only: DeadlineIo enforces the real idle and header deadlines.
-        .header_read_timeout(proxy_cfg.idle_timeout + proxy_cfg.header_read_timeout);
+        .header_read_timeout(proxy_cfg.idle_timeout + proxy_cfg.header_read_timeout)
+        // Request line + headers above max_header_size, or more than max_headers fields:
+        // hyper answers 431. The read buffer is capped at the same size (hyper's minimum
+        // is 8 KiB, which config validation enforces), so a client cannot make the
+        // balancer buffer more than that while it sends a head.
+        .max_header_size(header_size)
+        .max_buf_size(header_size.max(config::MIN_HEADER_SIZE as usize))
+        .max_headers(usize::try_from(limits.max_headers).unwrap_or(usize::MAX));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

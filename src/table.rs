@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use rand::Rng;
 
 use crate::backend::{Backend, BackendState};
-use crate::config::{Config, ProxyConfig};
+use crate::config::{Config, LimitsConfig, ProxyConfig};
 use crate::strategy::{Picker, Strategy};
 
 /// What every thread reads: the current table, swapped whole by reload.
@@ -30,6 +30,7 @@ pub struct RoutingTable {
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     pub proxy: ProxyConfig,
+    pub limits: LimitsConfig,
     /// Connection failures in a row that eject a clone.
     pub eject_after: u32,
     pub eject_on_5xx: bool,
@@ -70,6 +71,7 @@ impl RoutingTable {
             backends,
             policy: Policy {
                 proxy: config.proxy,
+                limits: config.limits,
                 eject_after: config.ejection_threshold(),
                 eject_on_5xx: config.eject_on_5xx(),
                 active_checks: config.health.is_some(),
