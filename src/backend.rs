@@ -9,7 +9,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::task::AbortHandle;
 
 use crate::pool::Pool;
 
@@ -47,10 +49,9 @@ pub struct BackendState {
     /// Connection-level failures of real requests in a row (passive ejection).
     consecutive_failures: AtomicU32,
     pub(crate) pool: Pool,
-    /// Fired when a draining clone's `drain_timeout` passes: every upstream connection to
-    /// it closes, cutting what is still in flight. (Its own `Arc`, so connection tasks do
-    /// not keep the state alive.)
-    pub(crate) cut: Arc<tokio::sync::Notify>,
+    /// The tasks driving this clone's upstream connections, so the end of a drain can
+    /// close them all. Touched when a connection opens, never per request.
+    connections: Mutex<Vec<AbortHandle>>,
 }
 
 impl BackendState {
@@ -65,7 +66,7 @@ impl BackendState {
             ejections: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             pool: Pool::default(),
-            cut: Arc::new(tokio::sync::Notify::new()),
+            connections: Mutex::new(Vec::new()),
         }
     }
 
@@ -112,10 +113,28 @@ impl BackendState {
         }
     }
 
-    /// Close every connection to this clone now, idle or busy (end of a drain).
+    /// Close every connection to this clone now, idle or busy (end of a drain): requests
+    /// still in flight on it fail, and their clients see an aborted transfer.
     pub fn cut_connections(&self) {
         self.pool.clear();
-        self.cut.notify_waiters();
+        let tasks = std::mem::take(
+            &mut *self
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    pub(crate) fn track_connection(&self, task: AbortHandle) {
+        let mut tasks = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// Requests (or upgraded connections) on this clone right now.

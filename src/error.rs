@@ -206,6 +206,11 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("clone {address} sent a malformed response: {reason}")]
+    BadResponse {
+        address: SocketAddr,
+        reason: &'static str,
+    },
     #[error("clone {address} sent no response headers within {timeout:?}")]
     ResponseTimeout {
         address: SocketAddr,
@@ -221,7 +226,8 @@ impl ProxyError {
             ProxyError::Rejected(r) => r.status(),
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
-            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -246,6 +252,7 @@ impl ProxyError {
                 ProxyError::Connect { .. }
                     | ProxyError::ConnectTimeout { .. }
                     | ProxyError::Upstream { .. }
+                    | ProxyError::BadResponse { .. }
             )
     }
 
@@ -255,6 +262,7 @@ impl ProxyError {
             // The request never left the balancer: safe for any method and body.
             ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => Retry::Always,
             ProxyError::Upstream { .. } if self.fault() == Fault::Clone => Retry::IfIdempotent,
+            ProxyError::BadResponse { .. } => Retry::IfIdempotent,
             ProxyError::ResponseTimeout { .. } => Retry::IfTimeoutRetriesOn,
             _ => Retry::Never,
         }
@@ -267,6 +275,7 @@ impl ProxyError {
             ProxyError::Connect { address, .. }
             | ProxyError::ConnectTimeout { address, .. }
             | ProxyError::Upstream { address, .. }
+            | ProxyError::BadResponse { address, .. }
             | ProxyError::ResponseTimeout { address, .. } => Some(*address),
         }
     }

@@ -27,8 +27,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The most recently returned connection that is still open, if any. It may still be
-    /// finishing its previous exchange: callers wait on `ready()` before sending.
+    /// The most recently returned idle connection that is ready for a request now.
+    /// (One put back at the end of a body may still be finishing its bookkeeping; a
+    /// request taking it would wait a scheduling round.)
+    pub fn take_ready(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = idle.iter().rposition(|s| s.is_ready())?;
+        Some(idle.swap_remove(i))
+    }
+
+    /// Any open idle connection, most recently returned first; callers wait on `ready()`.
     pub fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(s) = idle.pop() {

@@ -197,9 +197,7 @@ async fn attempt(
     policy: &Policy,
 ) -> Result<(Response<Incoming>, Sender), AttemptFailure> {
     let address = state.address();
-    let (connect_timeout, response_timeout) =
-        (policy.proxy.connect_timeout, policy.proxy.response_timeout);
-    let mut conn = match forward::connect(state, connect_timeout, true).await {
+    let mut conn = match forward::connect(state, policy.proxy.connect_timeout, true).await {
         Ok(c) => c,
         Err(error) => {
             return Err(AttemptFailure {
@@ -208,36 +206,45 @@ async fn attempt(
             })
         }
     };
-    let failure = match forward::send(&mut conn, req, address, response_timeout).await {
-        Ok(resp) => return Ok((resp, conn.sender)),
-        Err(f) => f,
-    };
-    match failure {
-        SendFailure {
+    match forward::send(&mut conn, req, address, policy.proxy.response_timeout).await {
+        Ok(resp) => Ok((resp, conn.sender)),
+        Err(SendFailure {
             request: Some(req), ..
-        } if conn.reused => {
-            let mut conn = match forward::connect(state, connect_timeout, false).await {
-                Ok(c) => c,
-                Err(error) => {
-                    return Err(AttemptFailure {
-                        error,
-                        request: Some(req),
-                    })
-                }
-            };
-            match forward::send(&mut conn, req, address, response_timeout).await {
-                Ok(resp) => Ok((resp, conn.sender)),
-                Err(f) => Err(AttemptFailure {
-                    error: f.error,
-                    request: f.request,
-                }),
-            }
-        }
-        f => Err(AttemptFailure {
+        }) if conn.reused => Box::pin(attempt_fresh(state, req, policy)).await,
+        Err(f) => Err(AttemptFailure {
             error: f.error,
             request: f.request,
         }),
     }
+}
+
+/// The same attempt on a new connection (rare: boxed, to keep `attempt` small).
+async fn attempt_fresh(
+    state: &BackendState,
+    req: Request<UpstreamBody>,
+    policy: &Policy,
+) -> Result<(Response<Incoming>, Sender), AttemptFailure> {
+    let mut conn = match forward::connect(state, policy.proxy.connect_timeout, false).await {
+        Ok(c) => c,
+        Err(error) => {
+            return Err(AttemptFailure {
+                error,
+                request: Some(req),
+            })
+        }
+    };
+    forward::send(
+        &mut conn,
+        req,
+        state.address(),
+        policy.proxy.response_timeout,
+    )
+    .await
+    .map(|resp| (resp, conn.sender))
+    .map_err(|f| AttemptFailure {
+        error: f.error,
+        request: f.request,
+    })
 }
 
 /// The client's answer for a failed request: the status from [`ProxyError::status`] and one

@@ -38,6 +38,9 @@ pub enum Signal {
 
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// hyper's own limit on request header fields when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: u64 = 100;
+
 /// Bind a listener that other workers may bind too (`SO_REUSEPORT`).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -103,8 +106,10 @@ pub async fn serve(
     }
 }
 
-/// A connection slot under `[limits] max_connections`, then a connection. While every slot
-/// is taken, new connections wait in the kernel's accept backlog.
+/// A connection, then a slot for it under `[limits] max_connections`. While every slot is
+/// taken this worker stops accepting (one accepted connection waits here for a slot), so
+/// the rest wait in the kernel's accept backlog. Accepting first means a worker never sits
+/// on a free slot while a connection queues at another worker's listener.
 async fn next_connection(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
@@ -112,9 +117,13 @@ async fn next_connection(
     Option<OwnedSemaphorePermit>,
     io::Result<(TcpStream, SocketAddr)>,
 ) {
-    // The semaphore is never closed, so acquiring fails never; accept anyway if it did.
+    let accepted = listener.accept().await;
+    if accepted.is_err() {
+        return (None, accepted);
+    }
+    // The semaphore is never closed, so acquiring cannot fail; serve anyway if it did.
     let permit = Arc::clone(slots).acquire_owned().await.ok();
-    (permit, listener.accept().await)
+    (permit, accepted)
 }
 
 async fn wait_for(signal: &mut watch::Receiver<Signal>, want: Signal) {
@@ -150,18 +159,26 @@ async fn connection(
     let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
     let mut builder = hyper::server::conn::http1::Builder::new();
     let header_size = usize::try_from(limits.max_header_size).unwrap_or(usize::MAX);
+    if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        // Only when it differs: with an explicit limit hyper initialises a header array of
+        // that size for every request head, which costs ~1 % CPU at the default of 100.
+        builder.max_headers(usize::try_from(limits.max_headers).unwrap_or(usize::MAX));
+    }
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
-        // A backstop only: DeadlineIo enforces the real idle and header deadlines.
-        .header_read_timeout(proxy_cfg.idle_timeout + proxy_cfg.header_read_timeout)
+        // One write() of head and body rather than writev: measured 5 % less CPU per
+        // request on the loopback benchmark (median of 5 paired runs, 18.4 -> 17.4 µs).
+        .writev(false)
+        // DeadlineIo enforces the idle and header deadlines. hyper's own header timer would
+        // arm (and allocate) a sleep for every request head, for nothing.
+        .header_read_timeout(None)
         // Request line + headers above max_header_size, or more than max_headers fields:
         // hyper answers 431. The read buffer is capped at the same size (hyper's minimum
         // is 8 KiB, which config validation enforces), so a client cannot make the
         // balancer buffer more than that while it sends a head.
         .max_header_size(header_size)
-        .max_buf_size(header_size.max(config::MIN_HEADER_SIZE as usize))
-        .max_headers(usize::try_from(limits.max_headers).unwrap_or(usize::MAX));
+        .max_buf_size(header_size.max(config::MIN_HEADER_SIZE as usize));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -588,9 +588,11 @@ impl BinLb {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("clonelb did not report its listen address");
+        let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("clonelb did not report its listen address");
+        };
         BinLb {
             child,
             addr,

@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: clonelb (round-robin and least-connections) beside HAProxy and nginx,
+# all in front of the same three backends, plus "direct" (wrk straight to one backend), on
+# this machine, over loopback only. Every load run is bounded (wrk -d, h2load -D) and every
+# process this script starts is stopped, by PID, when it exits.
+#
+#   apt-get install -y wrk haproxy nginx nghttp2-client    # haproxy/nginx/h2load optional
+#   benches/e2e.sh                    # 5 interleaved rounds x 5 s at 64 and 256 connections
+#   benches/e2e.sh --quick            # 1 round x 3 s at 64 connections, smaller idle test
+#
+# Reports, per target and connection count, the medians over interleaved rounds of req/s,
+# p50, p99 and CPU time per request (user+sys of the target's processes / requests served),
+# with ratios to HAProxy; h2 over TLS req/s (h2load); resident memory per idle keep-alive
+# client connection; and, with --soak S, RSS growth over S seconds of constant load.
+#
+# Layout (2 cores): the balancer under test on CPU $LB_CPU (default 1), wrk, h2load, the
+# backends and the idle-connection client on CPU $LOAD_CPU (default 0). clonelb is started
+# under taskset on that one CPU, so it runs one worker, like HAProxy nbthread 1 and nginx
+# worker_processes 1.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=${BENCH_RUN:-/tmp/clonelb-e2e}
+ROUNDS=5
+DURATION=5
+CONNS="64 256"
+IDLE=10000
+SOAK=0
+DO_H2=1
+LB_CPU=${LB_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+TARGETS="direct clonelb-rr clonelb-lc haproxy nginx"
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rounds) ROUNDS=$2; shift 2;;
+    --duration) DURATION=$2; shift 2;;
+    --conns) CONNS=$2; shift 2;;
+    --idle) IDLE=$2; shift 2;;
+    --soak) SOAK=$2; shift 2;;
+    --no-h2) DO_H2=0; shift;;
+    --targets) TARGETS=$2; shift 2;;
+    --quick) ROUNDS=1; DURATION=3; CONNS=64; IDLE=2000; shift;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0;;
+    *) echo "e2e.sh: unknown option $1" >&2; exit 2;;
+  esac
+done
+
+die() { echo "e2e.sh: $*" >&2; exit 1; }
+command -v wrk >/dev/null || die "wrk is needed: apt-get install -y wrk"
+command -v taskset >/dev/null || die "taskset is needed (util-linux)"
+command -v python3 >/dev/null || die "python3 is needed"
+
+# ------------------------------------------------------------------ processes we own
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+}
+trap cleanup EXIT INT TERM
+
+started() { PIDS+=("$1"); }
+
+wait_port() {  # wait_port PORT: until something accepts on 127.0.0.1:PORT (max 10 s)
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "nothing listens on 127.0.0.1:$1"
+}
+
+for port in 9001 9002 9003 18001 18011 18031 18032 18401 18411 18431; do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use; stop what uses it first"
+done
+
+rm -rf "$RUN"; mkdir -p "$RUN/tmp" "$RUN/tls"
+render() { sed "s#@RUN@#$RUN#g" "$ROOT/benches/conf/$1" > "$RUN/$1"; }
+
+echo "building clonelb (release)…" >&2
+(cd "$ROOT" && cargo build --release --quiet --bin clonelb --example clone) || die "cargo build failed"
+CLONELB="$ROOT/target/release/clonelb"
+
+# ------------------------------------------------------------------ TLS material (h2 step)
+HAVE_TLS=0
+if [[ $DO_H2 = 1 ]] && command -v openssl >/dev/null && command -v h2load >/dev/null; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$RUN/tls/key.pem" -out "$RUN/tls/cert.pem" >/dev/null 2>&1 \
+    && cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" > "$RUN/tls/combined.pem" && HAVE_TLS=1
+fi
+
+# ------------------------------------------------------------------ backends
+declare -A PORT H2PORT ROOTPID
+if command -v nginx >/dev/null; then
+  render backends.nginx.conf
+  taskset -c "$LOAD_CPU" nginx -e "$RUN/backends.startup.log" -p "$RUN/" -c "$RUN/backends.nginx.conf" &
+  started $!
+  BACKEND_DESC="nginx, 1 worker"
+else
+  for i in 1 2 3; do
+    taskset -c "$LOAD_CPU" "$ROOT/target/release/examples/clone" --listen "127.0.0.1:900$i" --name "clone$i" >/dev/null &
+    started $!
+  done
+  BACKEND_DESC="examples/clone (nginx not installed)"
+fi
+for p in 9001 9002 9003; do wait_port $p; done
+PORT[direct]=9001; ROOTPID[direct]=${PIDS[0]}
+
+# ------------------------------------------------------------------ targets
+clonelb_config() {  # clonelb_config STRATEGY PORT H2PORT
+  {
+    echo "[listen]"
+    echo "http = \"127.0.0.1:$2\""
+    if [[ $HAVE_TLS = 1 ]]; then
+      echo "https = \"127.0.0.1:$3\""
+      echo "tls_cert = \"$RUN/tls/cert.pem\""
+      echo "tls_key = \"$RUN/tls/key.pem\""
+    fi
+    echo "[balancer]"
+    echo "strategy = \"$1\""
+    for i in 1 2 3; do printf '[[backend]]\naddress = "127.0.0.1:900%s"\n' "$i"; done
+  } > "$RUN/clonelb-$1.toml"
+  # An older clonelb without an https listener: plain HTTP only.
+  if ! "$CLONELB" check "$RUN/clonelb-$1.toml" >/dev/null 2>&1; then
+    sed -i '/^https =/d; /^tls_cert =/d; /^tls_key =/d' "$RUN/clonelb-$1.toml"
+    return 1
+  fi
+}
+
+start_target() {  # start_target NAME
+  case $1 in
+    clonelb-rr|clonelb-lc)
+      local strategy=round-robin port=18031 h2=18431
+      [[ $1 = clonelb-lc ]] && { strategy=least-connections; port=18032; h2=18432; }
+      if clonelb_config $strategy $port $h2; then H2PORT[$1]=$h2; fi
+      CLONELB_LOG=warn taskset -c "$LB_CPU" "$CLONELB" run --config "$RUN/clonelb-$strategy.toml" \
+        2>"$RUN/$1.log" &
+      started $!; ROOTPID[$1]=$!; PORT[$1]=$port;;
+    haproxy)
+      command -v haproxy >/dev/null || return 1
+      render haproxy.cfg
+      [[ $HAVE_TLS = 1 ]] || sed -i '/^frontend fe_h2/,/default_backend/d' "$RUN/haproxy.cfg"
+      taskset -c "$LB_CPU" haproxy -db -f "$RUN/haproxy.cfg" 2>"$RUN/haproxy.log" &
+      started $!; ROOTPID[$1]=$!; PORT[$1]=18001; [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18401;;
+    nginx)
+      command -v nginx >/dev/null || return 1
+      render nginx.conf
+      [[ $HAVE_TLS = 1 ]] || sed -i '/18411/d; /ssl_certificate/d' "$RUN/nginx.conf"
+      taskset -c "$LB_CPU" nginx -e "$RUN/nginx-lb.startup.log" -p "$RUN/" -c "$RUN/nginx.conf" &
+      started $!; ROOTPID[$1]=$!; PORT[$1]=18011; [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18411;;
+    direct) return 0;;
+  esac
+  wait_port "${PORT[$1]}"
+}
+
+ACTIVE=()
+for t in $TARGETS; do
+  if start_target "$t"; then ACTIVE+=("$t"); else echo "skipping $t (not installed)" >&2; fi
+done
+
+# user+sys clock ticks of a process and all its descendants
+tree_ticks() {
+  local pids=("$1") all=() t=0
+  while [[ ${#pids[@]} -gt 0 ]]; do
+    all+=("${pids[@]}")
+    local next=()
+    for p in "${pids[@]}"; do
+      for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do next+=("$c"); done
+    done
+    pids=("${next[@]}")
+  done
+  for p in "${all[@]}"; do
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12+$13}' || echo 0)))
+  done
+  echo $t
+}
+tree_rss_kib() {  # resident KiB of a process tree
+  local pids=("$1") all=() kib=0
+  while [[ ${#pids[@]} -gt 0 ]]; do
+    all+=("${pids[@]}")
+    local next=()
+    for p in "${pids[@]}"; do
+      for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do next+=("$c"); done
+    done
+    pids=("${next[@]}")
+  done
+  for p in "${all[@]}"; do
+    kib=$((kib + $(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo $kib
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+to_us() {  # wrk latency ("812.00us", "1.20ms", "2.01s") -> microseconds
+  awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
+}
+
+RESULTS=$RUN/results.csv
+echo "kind,conns,target,round,rps,p50_us,p99_us,us_per_req,errors" > "$RESULTS"
+
+# ------------------------------------------------------------------ HTTP/1.1 rounds
+echo "HTTP/1.1: ${#ACTIVE[@]} targets x $ROUNDS rounds x ${DURATION}s at c=$CONNS" >&2
+for c in $CONNS; do
+  for r in $(seq "$ROUNDS"); do
+    # interleave, rotating the starting target each round
+    n=${#ACTIVE[@]}
+    for i in $(seq 0 $((n - 1))); do
+      t=${ACTIVE[$(( (i + r) % n ))]}
+      url="http://127.0.0.1:${PORT[$t]}/"
+      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d1s "$url" >/dev/null 2>&1   # warm-up
+      t0=$(tree_ticks "${ROOTPID[$t]}")
+      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "$url" 2>&1)
+      t1=$(tree_ticks "${ROOTPID[$t]}")
+      req=$(awk '/requests in/{print $1}' <<<"$out")
+      rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
+      p50=$(to_us "$(awk '$1=="50%"{print $2}' <<<"$out")")
+      p99=$(to_us "$(awk '$1=="99%"{print $2}' <<<"$out")")
+      errs=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
+      us=$(awk -v a="$t0" -v b="$t1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
+      echo "h1,$c,$t,$r,$rps,$p50,$p99,$us,$errs" >> "$RESULTS"
+      printf '  c=%-4s round %s %-11s %10s req/s  p99 %8sus  %6s us/req\n' "$c" "$r" "$t" "$rps" "$p99" "$us" >&2
+    done
+  done
+done
+
+# ------------------------------------------------------------------ h2 over TLS
+if [[ $HAVE_TLS = 1 ]]; then
+  echo "h2 over TLS (h2load -c64 -m10):" >&2
+  for r in $(seq "$ROUNDS"); do
+    for t in "${ACTIVE[@]}"; do
+      [[ -n ${H2PORT[$t]:-} ]] || continue
+      t0=$(tree_ticks "${ROOTPID[$t]}")
+      out=$(taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D "$DURATION" "https://127.0.0.1:${H2PORT[$t]}/" 2>&1)
+      t1=$(tree_ticks "${ROOTPID[$t]}")
+      rps=$(awk '/^finished in/{print $4}' <<<"$out")
+      req=$(awk '/^requests:/{print $8}' <<<"$out")
+      us=$(awk -v a="$t0" -v b="$t1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
+      echo "h2,64,$t,$r,$rps,,,$us,0" >> "$RESULTS"
+      printf '  h2 round %s %-11s %10s req/s  %6s us/req\n' "$r" "$t" "$rps" "$us" >&2
+    done
+  done
+fi
+
+# ------------------------------------------------------------------ memory per idle connection
+MEM=$RUN/memory.csv
+echo "target,idle_ok,rss_before_kib,rss_after_kib,kib_per_conn" > "$MEM"
+if [[ $IDLE -gt 0 ]]; then
+  echo "memory with $IDLE idle keep-alive connections:" >&2
+  for t in "${ACTIVE[@]}"; do
+    [[ $t = direct ]] && continue
+    before=$(tree_rss_kib "${ROOTPID[$t]}")
+    coproc IDLEC { exec taskset -c "$LOAD_CPU" python3 "$ROOT/benches/idle_conns.py" "${PORT[$t]}" "$IDLE"; }
+    idle_pid=$IDLEC_PID; started "$idle_pid"
+    read -r -t 120 line <&"${IDLEC[0]}" || line="READY ok=0 failed=$IDLE"
+    sleep 1
+    after=$(tree_rss_kib "${ROOTPID[$t]}")
+    ok=$(sed 's/.*ok=\([0-9]*\).*/\1/' <<<"$line")
+    per=$(awk -v a="$before" -v b="$after" -v n="$ok" 'BEGIN{ if (n>0) printf "%.2f", (b-a)/n; else print "nan" }')
+    echo "$t,$ok,$before,$after,$per" >> "$MEM"
+    printf '  %-11s %6s conns  RSS %8s -> %8s KiB  %6s KiB/conn\n' "$t" "$ok" "$before" "$after" "$per" >&2
+    kill -TERM "$idle_pid" 2>/dev/null; wait "$idle_pid" 2>/dev/null
+    sleep 1   # let the balancer see the closes before the next target is measured
+  done
+fi
+
+# ------------------------------------------------------------------ soak
+if [[ $SOAK -gt 0 ]]; then
+  t=clonelb-rr
+  echo "soak: ${SOAK}s of c=64 load on $t" >&2
+  taskset -c "$LOAD_CPU" wrk -t1 -c64 -d10s "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1
+  first=$(tree_rss_kib "${ROOTPID[$t]}")
+  taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${SOAK}s" "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1
+  last=$(tree_rss_kib "${ROOTPID[$t]}")
+  echo "soak,$t,$first,$last" > "$RUN/soak.csv"
+  printf '  RSS after 10 s: %s KiB, after %s s more: %s KiB\n' "$first" "$SOAK" "$last" >&2
+fi
+
+# ------------------------------------------------------------------ report
+python3 - "$RESULTS" "$MEM" "$RUN/soak.csv" "$BACKEND_DESC" "$ROUNDS" "$DURATION" <<'EOF'
+import csv, os, statistics, sys
+results, mem, soak, backends, rounds, duration = sys.argv[1:7]
+rows = list(csv.DictReader(open(results)))
+def med(xs):
+    xs = [float(x) for x in xs if x not in ("", "nan")]
+    return statistics.median(xs) if xs else float("nan")
+def fmt(x, d=0):
+    return "n/a" if x != x else f"{x:,.{d}f}"
+def ratio(a, b):
+    return "n/a" if a != a or b != b or b == 0 else f"{a / b:.2f}"
+print(f"\n## clonelb end-to-end benchmark\n")
+print(f"backends: {backends}; medians of {rounds} interleaved rounds of {duration} s; "
+      "balancer on one CPU, load generator and backends on the other; loopback only.\n")
+for kind in ("h1", "h2"):
+    sel = [r for r in rows if r["kind"] == kind]
+    if not sel:
+        continue
+    for c in sorted({int(r["conns"]) for r in sel}):
+        cur = [r for r in sel if int(r["conns"]) == c]
+        targets = list(dict.fromkeys(r["target"] for r in cur))
+        m = {t: {k: med([r[k] for r in cur if r["target"] == t])
+                 for k in ("rps", "p50_us", "p99_us", "us_per_req", "errors")} for t in targets}
+        ha = m.get("haproxy", {})
+        title = "HTTP/1.1 keep-alive (wrk)" if kind == "h1" else "HTTP/2 over TLS (h2load -m10)"
+        print(f"### {title}, {c} connections\n")
+        print("| target | req/s | p50 | p99 | CPU µs/req | req/s × HAProxy | p99 × HAProxy | µs/req × HAProxy | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for t in targets:
+            v = m[t]
+            print(f"| {t} | {fmt(v['rps'])} | {fmt(v['p50_us'])} µs | {fmt(v['p99_us'])} µs | "
+                  f"{fmt(v['us_per_req'], 2)} | {ratio(v['rps'], ha.get('rps', float('nan')))} | "
+                  f"{ratio(v['p99_us'], ha.get('p99_us', float('nan')))} | "
+                  f"{ratio(v['us_per_req'], ha.get('us_per_req', float('nan')))} | {fmt(v['errors'])} |")
+        if "clonelb-rr" in m and "clonelb-lc" in m:
+            pairs = {}
+            for r in cur:
+                pairs.setdefault(r["round"], {})[r["target"]] = r
+            rr = [float(p["clonelb-lc"]["rps"]) / float(p["clonelb-rr"]["rps"])
+                  for p in pairs.values() if "clonelb-lc" in p and "clonelb-rr" in p]
+            cpu = [float(p["clonelb-lc"]["us_per_req"]) / float(p["clonelb-rr"]["us_per_req"])
+                   for p in pairs.values() if "clonelb-lc" in p and "clonelb-rr" in p
+                   and p["clonelb-rr"]["us_per_req"] not in ("", "nan")]
+            if rr:
+                print(f"\nleast-connections / round-robin, paired per round (median): "
+                      f"req/s {statistics.median(rr):.3f}, CPU µs/req {statistics.median(cpu):.3f}")
+        print()
+mrows = list(csv.DictReader(open(mem))) if os.path.exists(mem) else []
+if mrows:
+    print("### Memory per idle keep-alive client connection\n")
+    print("| target | idle conns | RSS before | RSS with idle conns | KiB per conn |")
+    print("|---|---:|---:|---:|---:|")
+    for r in mrows:
+        print(f"| {r['target']} | {r['idle_ok']} | {int(r['rss_before_kib']):,} KiB | "
+              f"{int(r['rss_after_kib']):,} KiB | {r['kib_per_conn']} |")
+    print()
+if os.path.exists(soak):
+    _, t, first, last = open(soak).read().strip().split(",")
+    print(f"soak ({t}): RSS {int(first):,} KiB after warm-up, {int(last):,} KiB at the end "
+          f"({int(last) - int(first):+,} KiB)\n")
+EOF
+echo "raw results: $RESULTS" >&2
