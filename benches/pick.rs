@@ -90,9 +90,7 @@ fn config_text(strategy: StrategyKind, n: usize, weighted: bool) -> String {
 /// The same pool built directly (parsing 10,000 `[[backend]]` tables is slow to no purpose).
 fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
     Config {
-        listen: ListenConfig {
-            http: "127.0.0.1:1".parse().unwrap(),
-        },
+        listen: ListenConfig::http("127.0.0.1:1".parse().unwrap()),
         balancer: BalancerConfig { strategy },
         proxy: ProxyConfig::default(),
         health: None,

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -52,8 +52,31 @@ impl Config {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListenConfig {
-    /// Plain-HTTP listener. Required (until an HTTPS listener exists).
-    pub http: SocketAddr,
+    /// Plain-HTTP listener (HTTP/1.1, and HTTP/2 by prior knowledge).
+    pub http: Option<SocketAddr>,
+    /// HTTPS listener (ALPN h2 and http/1.1); needs `tls_cert` and `tls_key`.
+    pub https: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first; relative paths are from lb.toml's directory.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ListenConfig {
+    /// Plain HTTP on `addr` only.
+    pub fn http(addr: SocketAddr) -> Self {
+        ListenConfig {
+            http: Some(addr),
+            https: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// The listener addresses, which a reload cannot change.
+    pub fn addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (self.http, self.https)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -105,6 +128,8 @@ pub struct ProxyConfig {
     /// Keep an incoming `X-Forwarded-For` and append the client (true), or replace it with
     /// the client alone (false, for an edge balancer that must not trust clients).
     pub trust_forwarded: bool,
+    /// HTTP/2: concurrent streams per client connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ProxyConfig {
@@ -121,6 +146,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
             trust_forwarded: true,
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -286,6 +312,10 @@ pub fn format_diagnostic(path: &str, d: &Diagnostic) -> String {
 pub struct Checked {
     pub config: Config,
     pub warnings: Vec<Diagnostic>,
+    /// Where `tls_cert` and `tls_key` are written (line, column), to point at them when
+    /// the files turn out unusable.
+    pub tls_cert_at: (usize, usize),
+    pub tls_key_at: (usize, usize),
 }
 
 /// Read and validate the file at `path`.
@@ -308,7 +338,9 @@ pub fn load(path: &Path) -> Result<Checked, LoadError> {
 pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
     let mut w = Walker {
         src,
+        base: Path::new(path).parent().map(Path::to_path_buf),
         diags: Vec::new(),
+        tls_spans: (0..0, 0..0),
     };
     let (doc, syntax) = DeTable::parse_recoverable(src);
     for e in syntax {
@@ -328,8 +360,7 @@ pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
         None
     };
     w.diags.sort_by_key(|(span, _)| span.start);
-    let (warnings, errors): (Vec<_>, Vec<_>) = w
-        .diags
+    let (warnings, errors): (Vec<_>, Vec<_>) = std::mem::take(&mut w.diags)
         .into_iter()
         .map(|(span, error)| {
             let (line, col) = line_col(src, span.start);
@@ -337,7 +368,12 @@ pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
         })
         .partition(|d| d.error.is_warning());
     match config {
-        Some(config) if errors.is_empty() => Ok(Checked { config, warnings }),
+        Some(config) if errors.is_empty() => Ok(Checked {
+            config,
+            warnings,
+            tls_cert_at: line_col(src, w.tls_spans.0.start),
+            tls_key_at: line_col(src, w.tls_spans.1.start),
+        }),
         _ => Err(LoadError {
             path: path.to_string(),
             diagnostics: errors,
@@ -363,7 +399,7 @@ const LIMITS_KEYS: &[&str] = &[
     "max_body",
     "max_connections",
 ];
-const LISTEN_KEYS: &[&str] = &["http"];
+const LISTEN_KEYS: &[&str] = &["http", "https", "tls_cert", "tls_key"];
 const BALANCER_KEYS: &[&str] = &["strategy"];
 const PROXY_KEYS: &[&str] = &[
     "connect_timeout",
@@ -377,6 +413,7 @@ const PROXY_KEYS: &[&str] = &[
     "shutdown_timeout",
     "body_read_timeout",
     "trust_forwarded",
+    "max_concurrent_streams",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -400,7 +437,11 @@ type Entry<'i> = (
 /// its key and returns `None`, so the walk goes on and finds the rest.
 struct Walker<'s> {
     src: &'s str,
+    /// lb.toml's directory: relative file paths are read from there.
+    base: Option<PathBuf>,
     diags: Vec<(Range<usize>, ConfigError)>,
+    /// Spans of the `tls_cert` and `tls_key` values.
+    tls_spans: (Range<usize>, Range<usize>),
 }
 
 impl<'s> Walker<'s> {
@@ -412,25 +453,7 @@ impl<'s> Walker<'s> {
         self.check_keys(root, "the top level", TOP_KEYS);
 
         let listen = match self.table(root, "listen") {
-            Some((t, span)) => {
-                self.check_keys(t, "[listen]", LISTEN_KEYS);
-                match find(t, "http") {
-                    // Port 0 asks the kernel for a free port (tests, demos).
-                    Some((_, v)) => self
-                        .address("http", v, true)
-                        .map(|http| ListenConfig { http }),
-                    None => {
-                        self.report(
-                            span,
-                            ConfigError::MissingKey {
-                                table: "[listen]".into(),
-                                key: "http",
-                            },
-                        );
-                        None
-                    }
-                }
-            }
+            Some((t, span)) => self.listen(t, span),
             None => {
                 if find(root, "listen").is_none() {
                     self.report(
@@ -476,6 +499,12 @@ impl<'s> Walker<'s> {
             self.duration(t, "shutdown_timeout", &mut proxy.shutdown_timeout);
             self.duration(t, "body_read_timeout", &mut proxy.body_read_timeout);
             self.boolean(t, "trust_forwarded", &mut proxy.trust_forwarded);
+            self.count(
+                t,
+                "max_concurrent_streams",
+                1..=u32::MAX,
+                &mut proxy.max_concurrent_streams,
+            );
         }
 
         let mut limits = LimitsConfig::default();
@@ -503,6 +532,82 @@ impl<'s> Walker<'s> {
             limits,
             backends,
         })
+    }
+
+    /// `[listen]`: at least one listener; `https` needs both TLS files, which need `https`.
+    fn listen(&mut self, t: &DeTable<'_>, span: Range<usize>) -> Option<ListenConfig> {
+        self.check_keys(t, "[listen]", LISTEN_KEYS);
+        if find(t, "http").is_none() && find(t, "https").is_none() {
+            self.report(
+                span,
+                ConfigError::MissingKey {
+                    table: "[listen]".into(),
+                    key: "http",
+                },
+            );
+            return None;
+        }
+        // Each: `Some(None)` absent, `None` present but invalid (already reported).
+        // Port 0 asks the kernel for a free port (tests, demos).
+        let http = match find(t, "http") {
+            None => Some(None),
+            Some((_, v)) => self.address("http", v, true).map(Some),
+        };
+        let https = match find(t, "https") {
+            None => Some(None),
+            Some((_, v)) => self.address("https", v, true).map(Some),
+        };
+        let cert = self.path(t, "tls_cert").map_or(Some(None), |p| p.map(Some));
+        let key = self.path(t, "tls_key").map_or(Some(None), |p| p.map(Some));
+        let mut ok = true;
+        if find(t, "https").is_some() {
+            for name in ["tls_cert", "tls_key"] {
+                if find(t, name).is_none() {
+                    self.report(span.clone(), ConfigError::MissingTlsFile { key: name });
+                    ok = false;
+                }
+            }
+        } else {
+            for name in ["tls_cert", "tls_key"] {
+                if let Some((k, _)) = find(t, name) {
+                    self.report(k.span(), ConfigError::TlsWithoutHttps { key: name });
+                    ok = false;
+                }
+            }
+        }
+        let (Some(http), Some(https), Some(tls_cert), Some(tls_key)) = (http, https, cert, key)
+        else {
+            return None;
+        };
+        ok.then_some(ListenConfig {
+            http,
+            https,
+            tls_cert,
+            tls_key,
+        })
+    }
+
+    /// A file path (a non-empty string), relative to lb.toml's directory. `None`: absent;
+    /// `Some(None)`: present but invalid (reported).
+    fn path(&mut self, t: &DeTable<'_>, key: &'static str) -> Option<Option<PathBuf>> {
+        find(t, key)?;
+        let Some((s, span)) = self.string(t, key) else {
+            return Some(None);
+        };
+        if key == "tls_cert" {
+            self.tls_spans.0 = span.clone();
+        } else {
+            self.tls_spans.1 = span.clone();
+        }
+        if s.is_empty() {
+            self.report(span, ConfigError::EmptyPath { key });
+            return Some(None);
+        }
+        let p = PathBuf::from(s);
+        Some(Some(match &self.base {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p,
+        }))
     }
 
     /// A size or count: a TOML integer, or a string "N", "NB", "NKiB", "NMiB", "NGiB".

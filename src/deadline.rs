@@ -14,9 +14,11 @@
 //! * **idle** — between requests: closed after `idle_timeout` with no byte of a new request.
 //!
 //! The service marks "busy" by holding an [`ActiveRequest`] from the moment it is called
-//! until the response body ends. hyper's own timer stays armed at
-//! `idle_timeout + header_read_timeout` as a backstop.
+//! until the response body ends (or an upgraded connection closes). On HTTP/2 the same
+//! count covers all streams: the connection is idle when no stream is open, and bytes
+//! between requests (PING, WINDOW_UPDATE) do not start a head deadline.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -64,27 +66,34 @@ pub struct DeadlineIo<T> {
     activity: Arc<ConnActivity>,
     idle_timeout: Duration,
     header_timeout: Duration,
+    /// HTTP/2: bytes between requests (PING, WINDOW_UPDATE) do not start a request head,
+    /// so only the idle deadline applies once the first request is in.
+    multiplexed: bool,
     phase: Phase,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
 }
 
 impl<T> DeadlineIo<T> {
+    /// `started`: when the connection was accepted (the first head's deadline counts from
+    /// there, TLS handshake included).
     pub fn new(
         inner: T,
         activity: Arc<ConnActivity>,
         idle_timeout: Duration,
         header_timeout: Duration,
+        started: Instant,
+        multiplexed: bool,
     ) -> Self {
-        let now = Instant::now();
         DeadlineIo {
             inner,
             activity,
             idle_timeout,
             header_timeout,
-            phase: Phase::Head { since: now },
-            sleep: Box::pin(tokio::time::sleep_until(now + header_timeout)),
-            armed: Some(now + header_timeout),
+            multiplexed,
+            phase: Phase::Head { since: started },
+            sleep: Box::pin(tokio::time::sleep_until(started + header_timeout)),
+            armed: Some(started + header_timeout),
         }
     }
 
@@ -115,7 +124,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         }
         match res {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
+                if buf.filled().len() > before && !this.multiplexed {
                     if let Phase::Idle { .. } = this.phase {
                         this.phase = Phase::Head {
                             since: Instant::now(),
@@ -147,8 +156,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         }
     }
 }
-
-use std::future::Future;
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
     fn poll_write(

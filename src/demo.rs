@@ -109,9 +109,7 @@ pub fn run() -> Result<(), StartError> {
         });
     }
     let mut config = Config {
-        listen: ListenConfig {
-            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        },
+        listen: ListenConfig::http(SocketAddr::from(([127, 0, 0, 1], 8080))),
         balancer: BalancerConfig::default(),
         proxy: ProxyConfig::default(),
         health: Some(HealthConfig::default()),
@@ -122,7 +120,7 @@ pub fn run() -> Result<(), StartError> {
     let balancer = match Balancer::start(&config) {
         Ok(b) => b,
         Err(StartError::Bind { .. }) => {
-            config.listen.http.set_port(0);
+            config.listen = ListenConfig::http(SocketAddr::from(([127, 0, 0, 1], 0)));
             Balancer::start(&config)?
         }
         Err(e) => return Err(e),

@@ -71,6 +71,14 @@ pub enum ConfigError {
         timeout: Duration,
         interval: Duration,
     },
+    #[error("`https` needs `{key}` in [listen]")]
+    MissingTlsFile { key: &'static str },
+    #[error("`{key}` is set but there is no `https` listener")]
+    TlsWithoutHttps { key: &'static str },
+    #[error("`{key}` must not be empty")]
+    EmptyPath { key: &'static str },
+    #[error("{0}")]
+    Tls(String),
     #[error("`name` must not be empty")]
     EmptyName,
     #[error("duplicate clone name \"{name}\" (first used on line {first_line})")]
@@ -292,6 +300,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
 }

@@ -134,6 +134,7 @@ pub fn prepare(
     client: &ClientInfo,
     proxy: &ProxyConfig,
     limits: &LimitsConfig,
+    websocket: bool,
 ) -> Result<Prepared, RequestError> {
     let (mut parts, body) = req.into_parts();
     let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -180,8 +181,17 @@ pub fn prepare(
     // Every field named in Connection goes before the balancer adds its own headers, so
     // `Connection: X-Forwarded-For` cannot erase them.
     if present.hop_by_hop {
+        let upgrade = websocket
+            .then(|| headers.get(header::UPGRADE).cloned())
+            .flatten();
         remove_hop_by_hop(headers);
         headers.remove(HTTP2_SETTINGS);
+        // The one exception to hop-by-hop removal: a WebSocket handshake goes to the clone
+        // as one, so the clone can switch protocols.
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::UPGRADE, upgrade);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
     }
     if proxy.trust_forwarded && present.forwarded_for {
         append_forwarded_for(headers, &client.forwarded_for);
@@ -204,6 +214,21 @@ pub fn prepare(
         request: Request::from_parts(parts, UpstreamBody::Client(body)),
         close_after,
     })
+}
+
+/// An HTTP/1.1 WebSocket handshake: `Upgrade: websocket` with `Connection: upgrade`.
+/// Any other upgrade (h2c included) is not forwarded.
+pub fn is_websocket(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    req.version() == Version::HTTP_11
+        && h.get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
 }
 
 /// Transfer-Encoding must be exactly "chunked" (one field, one coding) on HTTP/1.1 and
@@ -341,7 +366,8 @@ async fn connect_slow(
         .await
         .map_err(|source| ProxyError::Upstream { address, source })?;
     let task = tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // with_upgrades: after a 101 the connection hands its socket to a WebSocket tunnel.
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(clone = %address, error = %e, "upstream connection ended");
         }
     });

@@ -55,13 +55,14 @@ pub mod reload;
 pub mod server;
 pub mod strategy;
 pub mod table;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -76,11 +77,12 @@ use crate::table::{RoutingTable, SharedTable};
 /// stops them gracefully and waits.
 pub struct Balancer {
     table: Arc<SharedTable>,
-    http_addr: SocketAddr,
+    tls: Arc<ArcSwapOption<rustls::ServerConfig>>,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
     signal: watch::Sender<Signal>,
     workers: Vec<JoinHandle<()>>,
     state: Arc<ControlState>,
-    _watcher: Option<notify::RecommendedWatcher>,
     // Dropped last: the runtime the control state's tasks run on.
     control: Control,
 }
@@ -136,7 +138,7 @@ impl Balancer {
     /// Build the routing table and start one worker per core listening on
     /// `config.listen.http` (port 0 picks a free port; see [`Balancer::http_addr`]).
     pub fn start(config: &Config) -> Result<Balancer, StartError> {
-        Self::start_with(config, None, default_workers())
+        Self::start_with_workers(config, default_workers())
     }
 
     /// Load `path`, start serving it, and reload it whenever it changes (see [`reload`]).
@@ -164,9 +166,14 @@ impl Balancer {
         for w in &checked.warnings {
             tracing::warn!("{}", config::format_diagnostic(&label, w));
         }
-        let mut balancer =
-            Self::start_with(&checked.config, Some((path.to_path_buf(), text)), workers)?;
-        balancer._watcher = reload::watch(&balancer.state).map_err(|e| {
+        let tls = tls::from_checked(&label, &checked)?;
+        let balancer = Self::start_with(
+            &checked.config,
+            tls,
+            Some((path.to_path_buf(), text)),
+            workers,
+        )?;
+        reload::watch(&balancer.state).map_err(|e| {
             StartError::Thread(std::io::Error::other(format!("cannot watch {label}: {e}")))
         })?;
         Ok(balancer)
@@ -174,26 +181,39 @@ impl Balancer {
 
     /// As [`Balancer::start`], with an explicit number of worker threads (at least 1).
     pub fn start_with_workers(config: &Config, workers: usize) -> Result<Balancer, StartError> {
-        Self::start_with(config, None, workers)
+        let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+            _ => None,
+        };
+        Self::start_with(config, tls, None, workers)
     }
 
     fn start_with(
         config: &Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
         file: Option<(std::path::PathBuf, String)>,
         workers: usize,
     ) -> Result<Balancer, StartError> {
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::build(config, None)));
+        let tls = Arc::new(ArcSwapOption::new(tls));
         let (signal, _) = watch::channel(Signal::Run);
         let control = Control::start()?;
         let (path, text) = file.unzip();
-        let state = ControlState::new(Arc::clone(&table), control.handle.clone(), path, text);
+        let state = ControlState::new(
+            Arc::clone(&table),
+            Arc::clone(&tls),
+            control.handle.clone(),
+            path,
+            text,
+        );
         let mut balancer = Balancer {
             table,
+            tls,
             http_addr: config.listen.http,
+            https_addr: config.listen.https,
             signal,
             workers: Vec::new(),
             state,
-            _watcher: None,
             control,
         };
         // The first worker binds the configured address (resolving port 0); the others
@@ -203,25 +223,27 @@ impl Balancer {
                 .unwrap_or(usize::MAX)
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
+        let shared = Arc::new(server::Shared {
+            table: Arc::clone(&balancer.table),
+            tls: Arc::clone(&balancer.tls),
+        });
         for i in 0..workers.max(1) {
             let (tx, rx) = mpsc::channel();
-            let addr = balancer.http_addr;
-            let table = Arc::clone(&balancer.table);
+            let addrs = (balancer.http_addr, balancer.https_addr);
+            let shared = Arc::clone(&shared);
             let signal = balancer.signal.subscribe();
             let slots = Arc::clone(&slots);
             let handle = std::thread::Builder::new()
                 .name(format!("clonelb-worker-{i}"))
-                .spawn(move || worker(addr, table, signal, slots, tx))
+                .spawn(move || worker(addrs, shared, signal, slots, tx))
                 .map_err(StartError::Thread)?;
             balancer.workers.push(handle);
             match rx.recv() {
-                Ok(Ok(bound)) => balancer.http_addr = bound,
-                Ok(Err(source)) => {
-                    return Err(StartError::Bind {
-                        address: addr,
-                        source,
-                    })
+                Ok(Ok((http, https))) => {
+                    balancer.http_addr = http;
+                    balancer.https_addr = https;
                 }
+                Ok(Err((address, source))) => return Err(StartError::Bind { address, source }),
                 Err(_) => {
                     return Err(StartError::Thread(std::io::Error::other(
                         "worker thread exited before binding",
@@ -232,9 +254,17 @@ impl Balancer {
         Ok(balancer)
     }
 
-    /// The address the plain-HTTP listener is bound to.
+    /// The address of the plain-HTTP listener, or of the HTTPS one when there is no plain
+    /// listener (there is always one or the other).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+            .or(self.https_addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The address of the HTTPS listener, if there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// The current routing table snapshot.
@@ -293,11 +323,12 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-type BindResult = std::io::Result<SocketAddr>;
+/// The bound (http, https) addresses, or the address that could not be bound and why.
+type BindResult = Result<(Option<SocketAddr>, Option<SocketAddr>), (SocketAddr, std::io::Error)>;
 
 fn worker(
-    addr: SocketAddr,
-    table: Arc<SharedTable>,
+    (http, https): (Option<SocketAddr>, Option<SocketAddr>),
+    shared: Arc<server::Shared>,
     signal: watch::Receiver<Signal>,
     slots: Arc<tokio::sync::Semaphore>,
     bound: mpsc::Sender<BindResult>,
@@ -308,22 +339,37 @@ fn worker(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = bound.send(Err(e));
+            let at = http
+                .or(https)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let _ = bound.send(Err((at, e)));
             return;
         }
     };
     rt.block_on(async move {
-        let listener = match server::bind(addr).and_then(|l| Ok((l.local_addr()?, l))) {
-            Ok((local, l)) => {
-                let _ = bound.send(Ok(local));
-                l
-            }
+        let bind = |addr: Option<SocketAddr>| -> Result<_, (SocketAddr, std::io::Error)> {
+            let Some(addr) = addr else {
+                return Ok((None, None));
+            };
+            let l = server::bind(addr).map_err(|e| (addr, e))?;
+            let local = l.local_addr().map_err(|e| (addr, e))?;
+            Ok((Some(l), Some(local)))
+        };
+        let listeners =
+            bind(http).and_then(|(h, hl)| bind(https).map(|(s, sl)| ((h, hl), (s, sl))));
+        let ((http_l, http_local), (https_l, https_local)) = match listeners {
+            Ok(l) => l,
             Err(e) => {
                 let _ = bound.send(Err(e));
                 return;
             }
         };
-        server::serve(listener, table, signal, slots).await;
+        let _ = bound.send(Ok((http_local, https_local)));
+        let listeners = server::Listeners {
+            http: http_l,
+            https: https_l,
+        };
+        server::serve(listeners, shared, signal, slots).await;
     });
 }
 
@@ -334,6 +380,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let table = balancer.table();
     tracing::info!(
         listen = %balancer.http_addr(),
+        https = %balancer.https_addr().map_or_else(|| "none".to_string(), |a| a.to_string()),
         strategy = table.picker().kind().as_str(),
         clones = table.backends().len(),
         generation = 1,

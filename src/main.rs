@@ -70,14 +70,28 @@ fn check(path: &std::path::Path) -> ExitCode {
     let label = path.display().to_string();
     match clonelb::config::load(path) {
         Ok(checked) => {
+            // The certificate and key must exist, parse and match.
+            if let Err(e) = clonelb::tls::from_checked(&label, &checked) {
+                for line in e.lines() {
+                    eprintln!("{line}");
+                }
+                return ExitCode::FAILURE;
+            }
             for w in &checked.warnings {
                 eprintln!("{}", clonelb::config::format_diagnostic(&label, w));
             }
             let c = &checked.config;
             let n = c.backends.len();
+            let mut listeners = Vec::new();
+            if let Some(a) = c.listen.http {
+                listeners.push(format!("http {a}"));
+            }
+            if let Some(a) = c.listen.https {
+                listeners.push(format!("https {a}"));
+            }
             println!(
-                "{label}: ok: listen http {}, strategy {}, {n} clone{}",
-                c.listen.http,
+                "{label}: ok: listen {}, strategy {}, {n} clone{}",
+                listeners.join(", "),
                 c.balancer.strategy.as_str(),
                 if n == 1 { "" } else { "s" }
             );

@@ -70,8 +70,12 @@ pub async fn handle(
     let Some(mut guard) = picked else {
         return Ok(error_response(&ProxyError::NoClone));
     };
+    let mut req = req;
+    // The client side of a WebSocket handshake: its socket, once hyper has sent our 101.
+    let client_upgrade = forward::is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
+    let websocket = client_upgrade.is_some();
     let (mut req, close_after) =
-        match forward::prepare(req, &cx.client, &policy.proxy, &policy.limits) {
+        match forward::prepare(req, &cx.client, &policy.proxy, &policy.limits, websocket) {
             Ok(p) => (p.request, p.close_after),
             Err(e) => return Ok(error_response(&ProxyError::Rejected(e))),
         };
@@ -84,11 +88,16 @@ pub async fn handle(
     loop {
         let state = Arc::clone(guard.state());
         match attempt(&state, req, &policy).await {
-            Ok((resp, sender)) => {
+            Ok((mut resp, sender)) => {
                 if policy.eject_on_5xx && resp.status().is_server_error() {
                     connection_failure(&state, &policy);
                 } else {
                     state.record_success();
+                }
+                if let Some(client) = client_upgrade {
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Ok(tunnel(client, &mut resp, guard, active));
+                    }
                 }
                 let (mut parts, body) = resp.into_parts();
                 if close_after {
@@ -133,6 +142,43 @@ pub async fn handle(
             }
         }
     }
+}
+
+/// The clone accepted a WebSocket handshake: answer the client 101 and, once both sides
+/// have switched, join their sockets byte for byte until either closes. The tunnel counts
+/// as one request in flight on its clone (least-connections and draining see it), keeps
+/// the client connection out of its idle deadline, and is closed when a drain times out.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    resp: &mut Response<Incoming>,
+    guard: InFlightGuard,
+    active: ActiveRequest,
+) -> Response<ResponseBody> {
+    let upstream = hyper::upgrade::on(&mut *resp);
+    let state = Arc::clone(guard.state());
+    let task = tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "WebSocket tunnel ended");
+        }
+        drop((guard, active));
+    });
+    state.track_connection(task.abort_handle());
+    let mut answer = Response::new(ResponseBody::full(bytes::Bytes::new()));
+    *answer.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    *answer.headers_mut() = std::mem::take(resp.headers_mut());
+    let headers = answer.headers_mut();
+    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    answer
 }
 
 /// Count a connection-level failure; on the one that ejects the clone, log it and, without

@@ -22,10 +22,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+
+use arc_swap::ArcSwapOption;
+use rustls::ServerConfig;
+
 use crate::backend::Backend;
 use crate::config::{self, Config};
 use crate::health::HealthChecks;
 use crate::table::{RoutingTable, SharedTable};
+use crate::tls;
 
 /// File events closer together than this are one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -72,9 +79,19 @@ struct Draining {
 /// checkers. Lives on the control runtime; the request path never touches its lock.
 pub struct ControlState {
     table: Arc<SharedTable>,
+    tls: Arc<ArcSwapOption<ServerConfig>>,
     rt: tokio::runtime::Handle,
     path: Option<PathBuf>,
     inner: Mutex<Inner>,
+    watch: Mutex<Option<Watch>>,
+}
+
+/// The file watcher and what it watches: lb.toml and the TLS files.
+struct Watch {
+    watcher: notify::RecommendedWatcher,
+    dirs: HashSet<PathBuf>,
+    /// File name → whether a change to it must reload even when lb.toml is unchanged.
+    files: Arc<Mutex<HashMap<OsString, bool>>>,
 }
 
 struct Inner {
@@ -90,14 +107,17 @@ impl ControlState {
     /// generation 1. Starts the health checkers and the drain ticker on `rt`.
     pub fn new(
         table: Arc<SharedTable>,
+        tls: Arc<ArcSwapOption<ServerConfig>>,
         rt: tokio::runtime::Handle,
         path: Option<PathBuf>,
         text: Option<String>,
     ) -> Arc<ControlState> {
         let state = Arc::new(ControlState {
             table,
+            tls,
             rt,
             path,
+            watch: Mutex::new(None),
             inner: Mutex::new(Inner {
                 generation: 1,
                 last_error: None,
@@ -165,12 +185,18 @@ impl ControlState {
             return Outcome::Unchanged;
         }
         inner.last_text = Some(text.clone());
-        match config::parse(&label, &text) {
-            Ok(checked) => {
+        let checked = config::parse(&label, &text).and_then(|checked| {
+            let tls = tls::from_checked(&label, &checked)?;
+            Ok((checked, tls))
+        });
+        match checked {
+            Ok((checked, tls)) => {
                 for w in &checked.warnings {
                     tracing::warn!("{}", config::format_diagnostic(&label, w));
                 }
-                let summary = self.apply(&mut inner, checked.config);
+                let summary = self.apply(&mut inner, checked.config, tls);
+                drop(inner);
+                self.update_watches();
                 tracing::info!(
                     "reloaded {}: generation {}, +{} clone{}, -{} clone{}, {} changed",
                     file_name(path),
@@ -204,16 +230,27 @@ impl ControlState {
     }
 
     /// Swap in a table for `config` and start draining what it no longer has.
-    fn apply(&self, inner: &mut Inner, mut config: Config) -> Summary {
+    fn apply(
+        &self,
+        inner: &mut Inner,
+        mut config: Config,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> Summary {
         let old = self.table.load_full();
         let running = old.config();
-        if config.listen != running.listen {
+        if config.listen.addresses() != running.listen.addresses() {
             tracing::warn!(
-                running = %running.listen.http,
-                configured = %config.listen.http,
-                "listen.http cannot change without a restart; keeping the running listener"
+                running = ?running.listen.addresses(),
+                configured = ?config.listen.addresses(),
+                "listen.http and listen.https cannot change without a restart; keeping the running listeners"
             );
-            config.listen = running.listen.clone();
+            config.listen.http = running.listen.http;
+            config.listen.https = running.listen.https;
+        }
+        // A new certificate is used for new handshakes; open connections keep theirs. With
+        // no https listener running there is nothing to give it to.
+        if running.listen.https.is_some() {
+            self.tls.store(tls);
         }
         if config.limits.max_connections != running.limits.max_connections {
             tracing::warn!(
@@ -344,39 +381,89 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-/// Watch `path`'s directory and reload on changes to `path`. Keep the returned watcher
-/// alive for as long as reloads should follow the file.
-pub fn watch(state: &Arc<ControlState>) -> notify::Result<Option<notify::RecommendedWatcher>> {
-    use notify::Watcher;
-    let Some(path) = state.path.clone() else {
-        return Ok(None);
-    };
-    let name = path.file_name().map(|n| n.to_os_string());
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+/// Watch lb.toml's directory (and the TLS files' directories) and reload on changes: to
+/// lb.toml when its text changed, to a certificate or key always.
+pub fn watch(state: &Arc<ControlState>) -> notify::Result<()> {
+    if state.path.is_none() {
+        return Ok(());
+    }
+    let files: Arc<Mutex<HashMap<OsString, bool>>> = Arc::default();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(16);
+    let names = Arc::clone(&files);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-            // A full channel already holds a pending reload: nothing is lost.
-            let _ = tx.try_send(());
+        let names = names.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in &event.paths {
+            if let Some(&force) = p.file_name().and_then(|n| names.get(n)) {
+                // A full channel already holds pending reloads: nothing is lost.
+                let _ = tx.try_send(force);
+            }
         }
     })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    *state.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(Watch {
+        watcher,
+        dirs: HashSet::new(),
+        files,
+    });
+    state.update_watches();
     let weak = Arc::downgrade(state);
     state.rt.spawn(async move {
-        while rx.recv().await.is_some() {
+        while let Some(mut force) = rx.recv().await {
             // Coalesce a burst (editors write, truncate, rename …) into one reload.
             tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+            while let Ok(f) = rx.try_recv() {
+                force |= f;
+            }
             let Some(state) = weak.upgrade() else { return };
-            state.reload(Trigger::File);
+            state.reload(if force {
+                Trigger::Signal
+            } else {
+                Trigger::File
+            });
         }
     });
-    Ok(Some(watcher))
+    Ok(())
+}
+
+impl ControlState {
+    /// Watch the directories of lb.toml and of the TLS files now configured.
+    fn update_watches(&self) {
+        use notify::Watcher;
+        let mut guard = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(w) = guard.as_mut() else { return };
+        let table = self.table.load();
+        let listen = &table.config().listen;
+        let mut wanted: Vec<(PathBuf, bool)> = Vec::new();
+        if let Some(p) = &self.path {
+            wanted.push((p.clone(), false));
+        }
+        for p in [&listen.tls_cert, &listen.tls_key].into_iter().flatten() {
+            wanted.push((p.clone(), true));
+        }
+        let mut files = w.files.lock().unwrap_or_else(PoisonError::into_inner);
+        files.clear();
+        for (path, force) in wanted {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            files.insert(name.to_os_string(), force);
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !w.dirs.contains(&dir) {
+                match w.watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        w.dirs.insert(dir);
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for changes")
+                    }
+                }
+            }
+        }
+    }
 }

@@ -367,7 +367,7 @@ async fn listen_address_change_needs_a_restart() {
     dir.write(&text);
     assert!(eventually(Duration::from_secs(3), || lb.control().generation() == 2).await);
     // The rest of the file applied; the listener stayed where it was.
-    assert_eq!(lb.table().config().listen.http.port(), 0);
+    assert_eq!(lb.table().config().listen.http.unwrap().port(), 0);
     assert_eq!(get(running, "/").await.status, 200);
     assert!(std::net::TcpStream::connect(other).is_err());
 }
