@@ -60,19 +60,26 @@ pub(super) async fn serve(
         table,
         signal,
     };
+    // Each way of serving is its own boxed future: the task spawned per connection would
+    // otherwise be as large as the largest of them (TLS state, HTTP/2 codec), and an idle
+    // plain HTTP/1.1 connection would pay for all of them in memory.
     match transport {
         Transport::Plain => {
             match tokio::time::timeout_at(deadline, Prefixed::detect_h2(stream)).await {
-                Ok(Ok((io, h2))) => conn.run(io, h2, "http").await,
+                Ok(Ok((io, true))) => Box::pin(conn.run_h2(io, "http")).await,
+                Ok(Ok((io, false))) => Box::pin(conn.run_h1(io, "http")).await,
                 _ => tracing::debug!(client = %peer, "connection closed before its first request"),
             }
         }
         Transport::Tls(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await {
                 Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    conn.run(tls, h2, "https").await;
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Box::pin(conn.run_h2(tls, "https")).await;
+                    } else {
+                        Box::pin(conn.run_h1(tls, "https")).await;
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
@@ -120,10 +127,13 @@ macro_rules! drive {
 }
 
 impl Conn {
-    async fn run<I>(self, io: I, h2: bool, proto: &'static str)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    /// The connection's deadlines, and the context every request on it is served with.
+    fn prepare<I>(
+        &self,
+        io: I,
+        proto: &'static str,
+        multiplexed: bool,
+    ) -> (DeadlineIo<I>, Arc<ConnContext>) {
         let activity = Arc::new(ConnActivity::default());
         let io = DeadlineIo::new(
             io,
@@ -131,40 +141,50 @@ impl Conn {
             self.proxy.idle_timeout,
             self.proxy.header_read_timeout,
             self.accepted_at,
-            h2,
+            multiplexed,
         );
         let cx = Arc::new(ConnContext {
-            table: self.table,
+            table: Arc::clone(&self.table),
             client: ClientInfo::new(self.peer, proto),
             activity,
         });
+        (io, cx)
+    }
+
+    async fn run_h1<I>(self, io: I, proto: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (io, cx) = self.prepare(io, proto, false);
         let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
-        let peer = self.peer;
-        if h2 {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            // hyper's limits on pending and locally reset streams (rapid-reset floods)
-            // stay at their defaults, which are on.
+        let builder = http1_builder(&self.limits);
+        drive!(
             builder
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(self.proxy.max_concurrent_streams)
-                .max_header_list_size(
-                    u32::try_from(self.limits.max_header_size).unwrap_or(u32::MAX),
-                );
-            drive!(
-                builder.serve_connection(TokioIo::new(io), service),
-                self.signal,
-                peer
-            );
-        } else {
-            let builder = http1_builder(&self.limits);
-            drive!(
-                builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades(),
-                self.signal,
-                peer
-            );
-        }
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+            self.signal,
+            self.peer
+        );
+    }
+
+    async fn run_h2<I>(self, io: I, proto: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (io, cx) = self.prepare(io, proto, true);
+        let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // hyper's limits on pending and locally reset streams (rapid-reset floods) stay at
+        // their defaults, which are on.
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.proxy.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.limits.max_header_size).unwrap_or(u32::MAX));
+        drive!(
+            builder.serve_connection(TokioIo::new(io), service),
+            self.signal,
+            self.peer
+        );
     }
 }
 

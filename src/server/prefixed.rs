@@ -58,6 +58,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
             let n = pending.len().min(buf.remaining());
             buf.put_slice(&pending[..n]);
             this.start += n as u8;
+            // Fill the rest of the reader's buffer too, when the socket has more: hyper
+            // then sees the request head in one read, as it would without detection (two
+            // reads made its adaptive buffer grow to twice its size, for every connection).
+            if this.start == this.end && buf.remaining() > 0 {
+                // Pending or an error here is reported by the next read.
+                let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
