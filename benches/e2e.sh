@@ -158,33 +158,28 @@ for t in $TARGETS; do
   if start_target "$t"; then ACTIVE+=("$t"); else echo "skipping $t (not installed)" >&2; fi
 done
 
-# user+sys clock ticks of a process and all its descendants
-tree_ticks() {
-  local pids=("$1") all=() t=0
+# a process and all its descendants, one PID per line
+tree_pids() {
+  local pids=("$1")
   while [[ ${#pids[@]} -gt 0 ]]; do
-    all+=("${pids[@]}")
+    printf '%s\n' "${pids[@]}"
     local next=()
     for p in "${pids[@]}"; do
       for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do next+=("$c"); done
     done
     pids=("${next[@]}")
   done
-  for p in "${all[@]}"; do
+}
+tree_ticks() {  # user+sys clock ticks of a process tree
+  local t=0
+  for p in $(tree_pids "$1"); do
     t=$((t + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12+$13}' || echo 0)))
   done
   echo $t
 }
 tree_rss_kib() {  # resident KiB of a process tree
-  local pids=("$1") all=() kib=0
-  while [[ ${#pids[@]} -gt 0 ]]; do
-    all+=("${pids[@]}")
-    local next=()
-    for p in "${pids[@]}"; do
-      for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do next+=("$c"); done
-    done
-    pids=("${next[@]}")
-  done
-  for p in "${all[@]}"; do
+  local kib=0
+  for p in $(tree_pids "$1"); do
     kib=$((kib + $(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
   done
   echo $kib

@@ -21,13 +21,7 @@ struct ConfigDir {
 
 impl ConfigDir {
     fn new(text: &str) -> ConfigDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "clonelb-reload-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("reload");
         let path = dir.join("lb.toml");
         std::fs::write(&path, text).unwrap();
         ConfigDir { dir, path }

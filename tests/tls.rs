@@ -29,13 +29,7 @@ struct Certs {
 
 impl Certs {
     fn new() -> Certs {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "clonelb-tls-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("tls");
         let mut c = Certs {
             cert: dir.join("lb.crt"),
             key: dir.join("lb.key"),

@@ -539,6 +539,19 @@ pub fn refused_addr() -> SocketAddr {
     a
 }
 
+/// A new empty directory under the system's temporary directory, unique to this process
+/// and call (the caller removes it).
+pub fn fresh_dir(prefix: &str) -> std::path::PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "clonelb-{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The `clonelb` binary serving a config written to a temporary directory.
 pub struct BinLb {
     pub child: std::process::Child,
@@ -554,13 +567,7 @@ impl BinLb {
     /// logs the address it serves on.
     pub fn start(toml: &str) -> BinLb {
         use std::io::BufRead;
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "clonelb-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("test");
         let config = dir.join("lb.toml");
         std::fs::write(&config, toml).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clonelb"))
