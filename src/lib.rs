@@ -12,7 +12,9 @@
 //! * [`config`] — lb.toml schema and validation (pure);
 //! * [`backend`], [`pool`] — a clone and its shared state and idle connections;
 //! * [`strategy`], [`table`] — picking a clone from an immutable snapshot;
-//! * [`server`], [`deadline`], [`proxy`], [`forward`], [`body`] — the request path;
+//! * [`server`], [`deadline`], [`proxy`], [`forward`], [`body`] — the request path
+//!   (HTTP/1.1, HTTP/2, WebSocket tunnels);
+//! * [`tls`] — PEM files to a rustls configuration for the HTTPS listener;
 //! * [`health`] — active health checks (passive ejection lives on the request path);
 //! * [`reload`] — lb.toml reloads (the only writer of the table) and draining;
 //! * [`demo`] — the embedded clones of `clonelb demo`;
