@@ -4,7 +4,7 @@
 //!   [`crate::config::Diagnostic`]).
 //! * [`ProxyError`] — why a request could not be served. [`ProxyError::status`] is the one
 //!   place that maps a cause to the status code the client sees; [`ProxyError::fault`] says
-//!   whose fault it was and [`ProxyError::retryable`] whether another clone may be tried.
+//!   whose fault it was and [`ProxyError::retry`] whether another clone may be tried.
 //! * [`StartError`] — why the balancer could not start (bad config, address in use).
 
 use std::net::SocketAddr;

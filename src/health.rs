@@ -6,7 +6,7 @@
 //! `down` flag. The request path never waits on a check.
 //!
 //! Passive ejection (the request path taking a clone out after connection failures, see
-//! [`crate::backend::BackendState::record_connection_failure`]) sets the same flag; the
+//! `BackendState::record_connection_failure`) sets the same flag; the
 //! checker reads it before each check, so a passively ejected clone is "down" to its
 //! counter too and comes back only after `healthy_threshold` passes. Every transition is
 //! logged once, with its reason.

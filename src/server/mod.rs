@@ -6,7 +6,7 @@
 //! (Measured on a 2-core machine with a bare hyper proxy: the multi-thread runtime cost
 //! 10–15 % more CPU per request than `current_thread`, even with one worker.)
 //!
-//! A worker accepts on the plain listener, the TLS listener, or both; [`conn`] serves each
+//! A worker accepts on the plain listener, the TLS listener, or both; `conn` serves each
 //! connection (TLS handshake or HTTP/2 detection, then hyper's HTTP/1.1 or HTTP/2 server)
 //! under the per-connection deadlines of [`crate::deadline`], and stops it gracefully on
 //! shutdown.
