@@ -275,18 +275,6 @@ impl ProxyError {
             _ => Retry::Never,
         }
     }
-
-    /// The clone this error is about, if any.
-    pub fn clone_address(&self) -> Option<SocketAddr> {
-        match self {
-            ProxyError::NoClone | ProxyError::Rejected(_) => None,
-            ProxyError::Connect { address, .. }
-            | ProxyError::ConnectTimeout { address, .. }
-            | ProxyError::Upstream { address, .. }
-            | ProxyError::BadResponse { address, .. }
-            | ProxyError::ResponseTimeout { address, .. } => Some(*address),
-        }
-    }
 }
 
 /// Why the balancer could not start.

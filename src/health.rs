@@ -235,15 +235,6 @@ impl HealthChecks {
             task.abort();
         }
     }
-
-    /// Clones being checked.
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
 }
 
 impl Drop for HealthChecks {

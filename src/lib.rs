@@ -274,11 +274,6 @@ impl Balancer {
         self.table.load_full()
     }
 
-    /// The shared table, for the reload path and the admin API.
-    pub fn shared_table(&self) -> &Arc<SharedTable> {
-        &self.table
-    }
-
     /// Reload the config file now (as SIGHUP does); see [`reload::ControlState::reload`].
     pub fn reload(&self) -> reload::Outcome {
         self.state.reload(Trigger::Signal)

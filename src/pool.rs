@@ -65,11 +65,4 @@ impl Pool {
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
         drop(drained);
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
 }

@@ -163,10 +163,6 @@ impl ControlState {
             .collect()
     }
 
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
     /// Reload the config file (see the module docs). Logs its outcome once.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let Some(path) = self.path.as_deref() else {

@@ -108,10 +108,6 @@ impl RoundRobin {
             next: AtomicUsize::new(0),
         }
     }
-
-    pub fn sequence(&self) -> &[u32] {
-        &self.sequence
-    }
 }
 
 impl Strategy for RoundRobin {

@@ -119,10 +119,6 @@ impl RoutingTable {
         self.backends.iter().find(|b| b.address == address)
     }
 
-    pub fn find_by_name(&self, name: &str) -> Option<&Backend> {
-        self.backends.iter().find(|b| &*b.name == name)
-    }
-
     pub fn proxy(&self) -> &ProxyConfig {
         &self.policy.proxy
     }

@@ -26,9 +26,14 @@ async fn round_robin_spreads_exactly_evenly() {
         assert_eq!(a.status, 200);
         names.push(a.clone_name());
     }
+    // Strict rotation: every three consecutive picks cover all clones.
+    for (i, three) in names.chunks(3).enumerate() {
+        let mut three = three.to_vec();
+        three.sort();
+        assert_eq!(three, ["a", "b", "c"], "picks {}..{}", 3 * i, 3 * i + 3);
+    }
     let t = tally(names);
     assert_eq!((t["a"], t["b"], t["c"]), (100, 100, 100), "{t:?}");
-    // Strict rotation: every window of three consecutive picks covers all clones.
     assert_eq!(clones.iter().map(|c| c.hits()).sum::<u64>(), 300);
 }
 
