@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::task::AbortHandle;
 
-use crate::pool::Pool;
+use crate::idle::IdleConns;
 
 /// A clone as the routing table sees it: identity and weight from lb.toml, plus the state.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ pub struct BackendState {
     ejections: AtomicU64,
     /// Connection-level failures of real requests in a row (passive ejection).
     consecutive_failures: AtomicU32,
-    pub(crate) pool: Pool,
+    pub(crate) idle: IdleConns,
     /// The tasks driving this clone's upstream connections, so the end of a drain can
     /// close them all. Touched when a connection opens, never per request.
     connections: Mutex<Vec<AbortHandle>>,
@@ -65,7 +65,7 @@ impl BackendState {
             retries: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
-            pool: Pool::default(),
+            idle: IdleConns::default(),
             connections: Mutex::new(Vec::new()),
         }
     }
@@ -100,7 +100,7 @@ impl BackendState {
     pub fn set_draining(&self, draining: bool) {
         self.set_flag(DRAINING, draining);
         if draining {
-            self.pool.clear();
+            self.idle.clear();
         }
     }
 
@@ -116,7 +116,7 @@ impl BackendState {
     /// Close every connection to this clone now, idle or busy (end of a drain): requests
     /// still in flight on it fail, and their clients see an aborted transfer.
     pub fn cut_connections(&self) {
-        self.pool.clear();
+        self.idle.clear();
         let tasks = std::mem::take(
             &mut *self
                 .connections

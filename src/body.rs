@@ -1,113 +1,18 @@
-//! The two concrete body types of the request path (no boxing, no dynamic dispatch).
-//!
-//! * [`UpstreamBody`]: what the balancer sends to a clone — the client's body, streamed
-//!   frame by frame, or nothing (health checks, bodiless requests).
-//! * [`ResponseBody`]: what the balancer sends to the client — the clone's body, streamed,
-//!   or a short error text. It owns the request's [`InFlightGuard`] and the upstream
-//!   connection, so the clone counts the request as in flight until the last byte, and the
-//!   connection goes back to the clone's pool only after a clean end of the body.
+//! The response body on its way to the client ([`ResponseBody`]): the clone's body,
+//! streamed, or a short error text. It owns the request's [`InFlightGuard`] and the
+//! upstream connection, so the clone counts the request as in flight until the last byte,
+//! and the connection goes back to the clone's idle set only after a clean end of the body.
+//! (The request body, going the other way, is [`crate::upstream_body::UpstreamBody`].)
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::backend::InFlightGuard;
-use crate::deadline::ActiveRequest;
-use crate::error::BodyError;
-use crate::pool::Sender;
-use tokio::time::{Instant, Sleep};
-
-/// A request body on its way to a clone.
-#[derive(Debug)]
-pub enum UpstreamBody {
-    Empty,
-    Client(ClientBody),
-}
-
-/// The client's request body, streamed with two guards: at most `max_body` bytes (0 = no
-/// limit), and no pause between frames longer than `body_read_timeout`. Either failing
-/// ends the stream with a [`BodyError`], which aborts the upstream request (the clone
-/// never sees a complete body the client did not send).
-#[derive(Debug)]
-pub struct ClientBody {
-    inner: Incoming,
-    max: u64,
-    seen: u64,
-    idle: Duration,
-    /// Armed on the first wait for data, reset after every frame.
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl ClientBody {
-    pub fn new(inner: Incoming, max: u64, idle: Duration) -> Self {
-        ClientBody {
-            inner,
-            max,
-            seen: 0,
-            idle,
-            timer: None,
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let b = match self.get_mut() {
-            UpstreamBody::Empty => return Poll::Ready(None),
-            UpstreamBody::Client(b) => b,
-        };
-        match Pin::new(&mut b.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    b.seen += data.len() as u64;
-                    if b.max > 0 && b.seen > b.max {
-                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
-                    }
-                }
-                if let Some(t) = &mut b.timer {
-                    t.as_mut().reset(Instant::now() + b.idle);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let idle = b.idle;
-                let timer = b
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Timeout))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Client(b) => b.inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Client(b) => b.inner.size_hint(),
-        }
-    }
-}
+use crate::idle::Sender;
+use crate::server::deadline::ActiveRequest;
 
 /// A response body on its way to the client.
 #[derive(Debug)]
@@ -179,7 +84,7 @@ impl Kind {
                 match end {
                     End::Clean => {
                         let state = guard.state();
-                        state.pool.put(sender, state.is_draining());
+                        state.idle.put(sender, state.is_draining());
                     }
                     End::CloneError => guard.state().record_failure(),
                     End::Cut => {}

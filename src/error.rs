@@ -154,7 +154,7 @@ impl RequestError {
 }
 
 /// Why a request body being forwarded stopped early (the `Error` of
-/// [`crate::body::UpstreamBody`]; found again in hyper's error chain by
+/// [`crate::upstream_body::UpstreamBody`]; found again in hyper's error chain by
 /// [`crate::forward`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

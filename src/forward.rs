@@ -14,10 +14,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::backend::BackendState;
-use crate::body::{ClientBody, UpstreamBody};
 use crate::config::{LimitsConfig, ProxyConfig};
 use crate::error::{BodyError, ProxyError, RequestError};
-use crate::pool::Sender;
+use crate::idle::Sender;
+use crate::upstream_body::{ClientBody, UpstreamBody};
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
 /// non-standard `Proxy-Connection`. Removed in both directions together with every field
@@ -324,7 +324,7 @@ pub async fn connect(
     use_pool: bool,
 ) -> Result<Connection, ProxyError> {
     if use_pool {
-        if let Some(sender) = state.pool.take_ready() {
+        if let Some(sender) = state.idle.take_ready() {
             return Ok(Connection {
                 sender,
                 reused: true,
@@ -340,7 +340,7 @@ async fn connect_slow(
     use_pool: bool,
 ) -> Result<Connection, ProxyError> {
     if use_pool {
-        while let Some(mut sender) = state.pool.take() {
+        while let Some(mut sender) = state.idle.take() {
             // Returned at the end of a body and not done with its bookkeeping yet: `ready()`
             // waits for its connection task to run (or reports it closed). No timer: that
             // wait involves no network, and a timer per wait cost measurable CPU when 256

@@ -5,14 +5,14 @@
 //!
 //! Data flows one way on the request path: [`server`] accepts and serves a connection,
 //! [`proxy`] loads the [`table::RoutingTable`] snapshot once, the [`strategy`] picks a
-//! clone, and [`forward`] sends the request over that clone's own connection [`pool`].
+//! clone, and [`forward`] sends the request over one of that clone's [`idle`] connections (or a new one).
 //! The only writes are atomics in the clone's [`backend::BackendState`].
 //!
 //! Modules:
 //! * [`config`] — lb.toml schema and validation (pure);
-//! * [`backend`], [`pool`] — a clone and its shared state and idle connections;
+//! * [`backend`], [`idle`] — a clone and its shared state and idle connections;
 //! * [`strategy`], [`table`] — picking a clone from an immutable snapshot;
-//! * [`server`], [`deadline`], [`proxy`], [`forward`], [`body`] — the request path
+//! * [`server`], [`proxy`], [`forward`], [`body`] — the request path
 //!   (HTTP/1.1, HTTP/2, WebSocket tunnels);
 //! * [`tls`] — PEM files to a rustls configuration for the HTTPS listener;
 //! * [`health`] — active health checks (passive ejection lives on the request path);
@@ -46,18 +46,18 @@
 pub mod backend;
 pub mod body;
 pub mod config;
-pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod health;
-pub mod pool;
+pub mod idle;
 pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod strategy;
 pub mod table;
 pub mod tls;
+pub mod upstream_body;
 
 use std::net::SocketAddr;
 use std::path::Path;

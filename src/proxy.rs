@@ -24,12 +24,13 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::backend::{BackendState, InFlightGuard};
-use crate::body::{ResponseBody, UpstreamBody};
-use crate::deadline::{ActiveRequest, ConnActivity};
+use crate::body::ResponseBody;
 use crate::error::{Fault, ProxyError, Retry};
 use crate::forward::{self, ClientInfo, SendFailure};
-use crate::pool::Sender;
+use crate::idle::Sender;
+use crate::server::deadline::{ActiveRequest, ConnActivity};
 use crate::table::{Policy, SharedTable};
+use crate::upstream_body::UpstreamBody;
 
 /// Everything a request needs from its client connection; one per connection.
 #[derive(Debug)]

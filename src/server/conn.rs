@@ -17,10 +17,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use super::deadline::{ConnActivity, DeadlineIo};
 use super::prefixed::Prefixed;
 use super::{wait_for, Signal};
 use crate::config::{self, LimitsConfig, ProxyConfig};
-use crate::deadline::{ConnActivity, DeadlineIo};
 use crate::forward::ClientInfo;
 use crate::proxy::{self, ConnContext};
 use crate::table::SharedTable;

@@ -12,6 +12,7 @@
 //! shutdown.
 
 mod conn;
+pub mod deadline;
 mod prefixed;
 
 use std::io;

@@ -71,7 +71,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     }
 }
 
-crate::delegate_async_write!(Prefixed);
+super::deadline::delegate_async_write!(Prefixed);
 
 #[cfg(test)]
 mod tests {

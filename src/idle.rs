@@ -1,4 +1,4 @@
-//! A clone's pool of idle upstream HTTP/1.1 connections.
+//! A clone's idle upstream HTTP/1.1 connections, kept alive for the next request.
 //!
 //! Lives inside the clone's [`crate::backend::BackendState`], so it carries over on reload,
 //! is cleared when the clone drains and is dropped with it. Requests to different clones
@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 
 use hyper::client::conn::http1::SendRequest;
 
-use crate::body::UpstreamBody;
+use crate::upstream_body::UpstreamBody;
 
 /// Idle connections kept per clone. Sized for peak concurrency of a busy balancer; a
 /// connection above it is closed rather than pooled.
@@ -22,11 +22,11 @@ pub const MAX_IDLE_PER_CLONE: usize = 1024;
 pub type Sender = SendRequest<UpstreamBody>;
 
 #[derive(Debug, Default)]
-pub struct Pool {
+pub struct IdleConns {
     idle: Mutex<Vec<Sender>>,
 }
 
-impl Pool {
+impl IdleConns {
     /// The most recently returned idle connection that is ready for a request now.
     /// (One put back at the end of a body may still be finishing its bookkeeping; a
     /// request taking it would wait a scheduling round.)

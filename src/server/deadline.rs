@@ -31,8 +31,6 @@ use tokio::time::{Instant, Sleep};
 
 /// `impl AsyncWrite for $ty<T>` passing every call to its `inner` field: the socket
 /// wrappers on the client side change how reads behave, never writes.
-#[macro_export]
-#[doc(hidden)]
 macro_rules! delegate_async_write {
     ($ty:ident) => {
         impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<T> {
@@ -201,4 +199,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
     }
 }
 
-crate::delegate_async_write!(DeadlineIo);
+delegate_async_write!(DeadlineIo);
+
+pub(crate) use delegate_async_write;
