@@ -7,6 +7,24 @@
 #   apt-get install -y wrk haproxy nginx nghttp2-client    # haproxy/nginx/h2load optional
 #   benches/e2e.sh                    # 5 interleaved rounds x 5 s at 64 and 256 connections
 #   benches/e2e.sh --quick            # 1 round x 3 s at 64 connections, smaller idle test
+#   benches/e2e.sh --clonelb target/release/clonelb --baseline /path/to/old/clonelb
+#                                     # before/after CPU per request from paired rounds
+#
+# Options: --rounds N, --duration S, --conns "64 256", --idle N (0: no idle test), --soak S,
+# --no-h2, --quick, --targets "direct clonelb-rr clonelb-lc haproxy nginx" (the default).
+#   --clonelb BIN   the clonelb binary under test ("the current build"). Default: build
+#                   $ROOT/target/release/clonelb with cargo and use it; with --clonelb nothing
+#                   is built (unless nginx is missing: then only examples/clone, the fallback
+#                   backend, is built).
+#   --baseline BIN  a second clonelb build (e.g. the previous commit) run as one more target,
+#                   "baseline-rr": round-robin, same config and CPU pinning as clonelb-rr, in
+#                   the same interleaved rounds (h1, h2 when clonelb does h2, idle memory). It
+#                   is added automatically; "baseline-lc" (least-connections) can be named in
+#                   --targets too, and naming any baseline-* there replaces the automatic
+#                   baseline-rr. Each clonelb-X / baseline-X pair runs back to back in every
+#                   round, in alternating order, and the report adds per connection count a
+#                   line "clonelb-rr vs baseline-rr: CPU µs/req A vs B (R x), req/s R x, ..."
+#                   where the ratios (current / baseline) are medians of per-round ratios.
 #
 # Reports, per target and connection count, the medians over interleaved rounds of req/s,
 # p50, p99 and CPU time per request (user+sys of the target's processes / requests served),
@@ -30,6 +48,8 @@ DO_H2=1
 LB_CPU=${LB_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 TARGETS="direct clonelb-rr clonelb-lc haproxy nginx"
+CLONELB=""
+BASELINE=""
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -40,8 +60,10 @@ while [[ $# -gt 0 ]]; do
     --soak) SOAK=$2; shift 2;;
     --no-h2) DO_H2=0; shift;;
     --targets) TARGETS=$2; shift 2;;
+    --clonelb) CLONELB=$2; shift 2;;
+    --baseline) BASELINE=$2; shift 2;;
     --quick) ROUNDS=1; DURATION=3; CONNS=64; IDLE=2000; shift;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0;;
     *) echo "e2e.sh: unknown option $1" >&2; exit 2;;
   esac
 done
@@ -50,6 +72,22 @@ die() { echo "e2e.sh: $*" >&2; exit 1; }
 command -v wrk >/dev/null || die "wrk is needed: apt-get install -y wrk"
 command -v taskset >/dev/null || die "taskset is needed (util-linux)"
 command -v python3 >/dev/null || die "python3 is needed"
+abs_bin() {  # abs_bin PATH: PATH made absolute
+  echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+}
+if [[ -n $CLONELB ]]; then
+  [[ -f $CLONELB && -x $CLONELB ]] || die "--clonelb $CLONELB: not an executable file"
+  CLONELB=$(abs_bin "$CLONELB")
+fi
+if [[ -n $BASELINE ]]; then
+  [[ -f $BASELINE && -x $BASELINE ]] || die "--baseline $BASELINE: not an executable file"
+  BASELINE=$(abs_bin "$BASELINE")
+  [[ " $TARGETS " = *" baseline-"* ]] || TARGETS="$TARGETS baseline-rr"
+else
+  for t in $TARGETS; do
+    [[ $t = baseline-* ]] && die "target $t needs --baseline BIN"
+  done
+fi
 
 # ------------------------------------------------------------------ processes we own
 PIDS=()
@@ -70,16 +108,23 @@ wait_port() {  # wait_port PORT: until something accepts on 127.0.0.1:PORT (max 
   die "nothing listens on 127.0.0.1:$1"
 }
 
-for port in 9001 9002 9003 18001 18011 18031 18032 18401 18411 18431; do
+BASELINE_PORTS=""
+[[ -n $BASELINE ]] && BASELINE_PORTS="18033 18034 18433 18434"
+for port in 9001 9002 9003 18001 18011 18031 18032 18401 18411 18431 $BASELINE_PORTS; do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use; stop what uses it first"
 done
 
 rm -rf "$RUN"; mkdir -p "$RUN/tmp" "$RUN/tls"
 render() { sed "s#@RUN@#$RUN#g" "$ROOT/benches/conf/$1" > "$RUN/$1"; }
 
-echo "building clonelb (release)…" >&2
-(cd "$ROOT" && cargo build --release --quiet --bin clonelb --example clone) || die "cargo build failed"
-CLONELB="$ROOT/target/release/clonelb"
+if [[ -z $CLONELB ]]; then
+  echo "building clonelb (release)…" >&2
+  (cd "$ROOT" && cargo build --release --quiet --bin clonelb --example clone) || die "cargo build failed"
+  CLONELB="$ROOT/target/release/clonelb"
+elif ! command -v nginx >/dev/null; then
+  echo "building examples/clone (release), the backends without nginx…" >&2
+  (cd "$ROOT" && cargo build --release --quiet --example clone) || die "cargo build failed"
+fi
 
 # ------------------------------------------------------------------ TLS material (h2 step)
 HAVE_TLS=0
@@ -107,7 +152,8 @@ for p in 9001 9002 9003; do wait_port $p; done
 PORT[direct]=9001; ROOTPID[direct]=${PIDS[0]}
 
 # ------------------------------------------------------------------ targets
-clonelb_config() {  # clonelb_config STRATEGY PORT H2PORT
+clonelb_config() {  # clonelb_config BIN NAME STRATEGY PORT H2PORT -> $RUN/NAME.toml
+  local bin=$1 conf="$RUN/$2.toml"; shift 2
   {
     echo "[listen]"
     echo "http = \"127.0.0.1:$2\""
@@ -119,21 +165,24 @@ clonelb_config() {  # clonelb_config STRATEGY PORT H2PORT
     echo "[balancer]"
     echo "strategy = \"$1\""
     for i in 1 2 3; do printf '[[backend]]\naddress = "127.0.0.1:900%s"\n' "$i"; done
-  } > "$RUN/clonelb-$1.toml"
+  } > "$conf"
   # An older clonelb without an https listener: plain HTTP only.
-  if ! "$CLONELB" check "$RUN/clonelb-$1.toml" >/dev/null 2>&1; then
-    sed -i '/^https =/d; /^tls_cert =/d; /^tls_key =/d' "$RUN/clonelb-$1.toml"
+  if ! "$bin" check "$conf" >/dev/null 2>&1; then
+    sed -i '/^https =/d; /^tls_cert =/d; /^tls_key =/d' "$conf"
     return 1
   fi
 }
 
 start_target() {  # start_target NAME
   case $1 in
-    clonelb-rr|clonelb-lc)
-      local strategy=round-robin port=18031 h2=18431
-      [[ $1 = clonelb-lc ]] && { strategy=least-connections; port=18032; h2=18432; }
-      if clonelb_config $strategy $port $h2; then H2PORT[$1]=$h2; fi
-      CLONELB_LOG=warn taskset -c "$LB_CPU" "$CLONELB" run --config "$RUN/clonelb-$strategy.toml" \
+    clonelb-rr|clonelb-lc|baseline-rr|baseline-lc)
+      local strategy=round-robin port=18031 h2=18431 bin=$CLONELB
+      [[ $1 = *-lc ]] && { strategy=least-connections; port=18032; h2=18432; }
+      # the baseline build: same config on ports two above
+      [[ $1 = baseline-* ]] && { bin=$BASELINE; port=$((port + 2)); h2=$((h2 + 2)); }
+      local conf=${1%%-*}-$strategy   # clonelb-round-robin, baseline-least-connections, ...
+      if clonelb_config "$bin" "$conf" $strategy $port $h2; then H2PORT[$1]=$h2; fi
+      CLONELB_LOG=warn taskset -c "$LB_CPU" "$bin" run --config "$RUN/$conf.toml" \
         2>"$RUN/$1.log" &
       started $!; ROOTPID[$1]=$!; PORT[$1]=$port;;
     haproxy)
@@ -153,10 +202,38 @@ start_target() {  # start_target NAME
   wait_port "${PORT[$1]}"
 }
 
-ACTIVE=()
+ORDER=()   # the targets, each baseline-X right after its clonelb-X
 for t in $TARGETS; do
+  [[ $t = baseline-* && " $TARGETS " = *" clonelb-${t#baseline-} "* ]] && continue
+  ORDER+=("$t")
+  [[ $t = clonelb-* && " $TARGETS " = *" baseline-${t#clonelb-} "* ]] && ORDER+=("baseline-${t#clonelb-}")
+done
+ACTIVE=()
+for t in "${ORDER[@]}"; do
   if start_target "$t"; then ACTIVE+=("$t"); else echo "skipping $t (not installed)" >&2; fi
 done
+# Interleaving slots: a target alone, or a pair "clonelb-X baseline-X" that always runs back
+# to back (clonelb first in odd rounds, baseline first in even ones). Without --baseline
+# every slot is one target, in ACTIVE's order.
+SLOTS=()
+for t in "${ACTIVE[@]}"; do
+  if [[ $t = clonelb-* && " ${ACTIVE[*]} " = *" baseline-${t#clonelb-} "* ]]; then
+    SLOTS+=("$t baseline-${t#clonelb-}")
+  elif [[ $t = baseline-* && " ${ACTIVE[*]} " = *" clonelb-${t#baseline-} "* ]]; then
+    continue
+  else
+    SLOTS+=("$t")
+  fi
+done
+round_order() {  # round_order ROUND ROTATE: the targets of one round, one per line
+  local n=${#SLOTS[@]} i slot a b
+  for i in $(seq 0 $((n - 1))); do
+    slot=${SLOTS[$(( $2 ? (i + $1) % n : i ))]}
+    read -r a b <<<"$slot"
+    if [[ -n $b && $(($1 % 2)) = 0 ]]; then echo "$b"; echo "$a"
+    else echo "$a"; [[ -n $b ]] && echo "$b"; fi
+  done
+}
 
 # a process and all its descendants, one PID per line
 tree_pids() {
@@ -198,9 +275,7 @@ echo "HTTP/1.1: ${#ACTIVE[@]} targets x $ROUNDS rounds x ${DURATION}s at c=$CONN
 for c in $CONNS; do
   for r in $(seq "$ROUNDS"); do
     # interleave, rotating the starting target each round
-    n=${#ACTIVE[@]}
-    for i in $(seq 0 $((n - 1))); do
-      t=${ACTIVE[$(( (i + r) % n ))]}
+    for t in $(round_order "$r" 1); do
       url="http://127.0.0.1:${PORT[$t]}/"
       taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d1s "$url" >/dev/null 2>&1   # warm-up
       t0=$(tree_ticks "${ROOTPID[$t]}")
@@ -222,7 +297,7 @@ done
 if [[ $HAVE_TLS = 1 ]]; then
   echo "h2 over TLS (h2load -c64 -m10):" >&2
   for r in $(seq "$ROUNDS"); do
-    for t in "${ACTIVE[@]}"; do
+    for t in $(round_order "$r" 0); do
       [[ -n ${H2PORT[$t]:-} ]] || continue
       t0=$(tree_ticks "${ROOTPID[$t]}")
       out=$(taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D "$DURATION" "https://127.0.0.1:${H2PORT[$t]}/" 2>&1)
@@ -271,9 +346,10 @@ if [[ $SOAK -gt 0 ]]; then
 fi
 
 # ------------------------------------------------------------------ report
-python3 - "$RESULTS" "$MEM" "$RUN/soak.csv" "$BACKEND_DESC" "$ROUNDS" "$DURATION" <<'EOF'
+python3 - "$RESULTS" "$MEM" "$RUN/soak.csv" "$BACKEND_DESC" "$ROUNDS" "$DURATION" \
+  "$CLONELB" "$BASELINE" <<'EOF'
 import csv, os, statistics, sys
-results, mem, soak, backends, rounds, duration = sys.argv[1:7]
+results, mem, soak, backends, rounds, duration, clonelb, baseline = sys.argv[1:9]
 rows = list(csv.DictReader(open(results)))
 def med(xs):
     xs = [float(x) for x in xs if x not in ("", "nan")]
@@ -285,6 +361,22 @@ def ratio(a, b):
 print(f"\n## clonelb end-to-end benchmark\n")
 print(f"backends: {backends}; medians of {rounds} interleaved rounds of {duration} s; "
       "balancer on one CPU, load generator and backends on the other; loopback only.\n")
+if baseline:
+    print(f"clonelb-*: {clonelb}\nbaseline-*: {baseline}\n")
+def num(x):
+    return float(x) if x not in ("", "nan") else float("nan")
+def paired(cur, new, old, key):
+    """per-round ratios new/old of one column, over the rounds where both have a value"""
+    pairs = {}
+    for r in cur:
+        pairs.setdefault(r["round"], {})[r["target"]] = r
+    out = []
+    for p in pairs.values():
+        if new in p and old in p:
+            a, b = num(p[new][key]), num(p[old][key])
+            if a == a and b == b and b != 0:
+                out.append(a / b)
+    return out
 for kind in ("h1", "h2"):
     sel = [r for r in rows if r["kind"] == kind]
     if not sel:
@@ -317,6 +409,23 @@ for kind in ("h1", "h2"):
             if rr:
                 print(f"\nleast-connections / round-robin, paired per round (median): "
                       f"req/s {statistics.median(rr):.3f}, CPU µs/req {statistics.median(cpu):.3f}")
+        cmp = [(t, "baseline-" + t[len("clonelb-"):]) for t in targets
+               if t.startswith("clonelb-") and "baseline-" + t[len("clonelb-"):] in m]
+        if cmp:
+            print()
+        for new, old in cmp:
+            cpu = paired(cur, new, old, "us_per_req")
+            rps = paired(cur, new, old, "rps")
+            p99 = paired(cur, new, old, "p99_us")
+            def mr(xs):
+                return f"{statistics.median(xs):.2f}x" if xs else "n/a"
+            spread = f"{min(cpu):.2f}-{max(cpu):.2f}" if cpu else "n/a"
+            line = (f"{new} vs {old}: CPU µs/req {fmt(m[new]['us_per_req'], 2)} vs "
+                    f"{fmt(m[old]['us_per_req'], 2)} ({mr(cpu)}), req/s {mr(rps)}")
+            if kind == "h1":
+                line += f", p99 {mr(p99)}"
+            n = len(cpu)
+            print(f"{line}  [{n} paired round{'' if n == 1 else 's'}, CPU ratio range {spread}]  ")
         print()
 mrows = list(csv.DictReader(open(mem))) if os.path.exists(mem) else []
 if mrows:

@@ -1,16 +1,21 @@
 //! One clone: its configuration ([`Backend`]) and its shared, mutable state
-//! ([`BackendState`]: atomics and the clone's own idle-connection pool).
+//! ([`BackendState`]: atomics and the clone's own idle connections).
+//!
+//! Owns: a clone's flags, counters and idle connections. Must not touch: the routing
+//! table, health decisions (health.rs decides up and down; this module only stores the
+//! flag and the failure run), the request path's types.
 //!
 //! A `BackendState` is keyed by the clone's address and lives in an `Arc`, so a reload that
-//! keeps the address keeps the state (health, in-flight, counters, pooled connections).
-//! Writers touch one atomic field each: health checks write `down`, the admin API writes
-//! `disabled`, reload writes `draining`. The request path only reads flags and bumps
-//! counters, so it never waits on anyone.
+//! keeps the address keeps the state (health, in-flight, counters, idle connections).
+//! Writers touch one atomic field each: health checks and passive ejection write `down`,
+//! the control plane writes `draining` (and, with the admin API, `disabled`). The request
+//! path only reads flags and bumps counters, so it never waits on anyone.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
 
 use crate::idle::IdleConns;
@@ -35,14 +40,26 @@ impl Backend {
 const DOWN: u8 = 1;
 const DISABLED: u8 = 2;
 const DRAINING: u8 = 4;
+/// Not an availability flag: set when a drain timed out and its connections were cut, so
+/// the requests that fail because of it are recorded as `cut`, not as the clone's error.
+const CUT: u8 = 8;
+
+/// Status classes counted per clone: 1xx … 5xx.
+pub const STATUS_CLASSES: usize = 5;
 
 /// Per-clone state shared by every thread and carried over by reloads.
 #[derive(Debug)]
 pub struct BackendState {
     address: SocketAddr,
+    /// The clone's name in the current table (a reload may rename it). Read off the
+    /// request path only (logs, status).
+    name: ArcSwap<Arc<str>>,
     flags: AtomicU8,
     in_flight: AtomicUsize,
-    requests: AtomicU64,
+    /// Attempts sent to this clone (a retried request counts once per clone it tried).
+    attempts: AtomicU64,
+    /// Client requests answered from this clone's attempt, by status class (1xx at 0).
+    responses: [AtomicU64; STATUS_CLASSES],
     failures: AtomicU64,
     retries: AtomicU64,
     ejections: AtomicU64,
@@ -55,12 +72,15 @@ pub struct BackendState {
 }
 
 impl BackendState {
+    /// A clone named by its address until [`BackendState::set_name`].
     pub fn new(address: SocketAddr) -> Self {
         BackendState {
             address,
+            name: ArcSwap::from_pointee(Arc::from(address.to_string())),
             flags: AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            responses: Default::default(),
             failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
@@ -74,10 +94,22 @@ impl BackendState {
         self.address
     }
 
+    /// The clone's name in the table that holds it.
+    pub fn name(&self) -> Arc<str> {
+        Arc::clone(&self.name.load())
+    }
+
+    /// Rename (a reload kept the address but changed the name).
+    pub fn set_name(&self, name: &Arc<str>) {
+        if ***self.name.load() != **name {
+            self.name.store(Arc::new(Arc::clone(name)));
+        }
+    }
+
     /// Up, not disabled, not draining: may receive new requests. One load.
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.flags.load(Relaxed) == 0
+        self.flags.load(Relaxed) & (DOWN | DISABLED | DRAINING) == 0
     }
 
     pub fn is_down(&self) -> bool {
@@ -88,6 +120,10 @@ impl BackendState {
     }
     pub fn is_draining(&self) -> bool {
         self.flags.load(Relaxed) & DRAINING != 0
+    }
+    /// Its drain timed out and its connections were cut.
+    pub fn is_cut(&self) -> bool {
+        self.flags.load(Relaxed) & CUT != 0
     }
 
     /// Returns whether the clone was down before.
@@ -101,6 +137,8 @@ impl BackendState {
         self.set_flag(DRAINING, draining);
         if draining {
             self.idle.clear();
+        } else {
+            self.set_flag(CUT, false);
         }
     }
 
@@ -116,6 +154,7 @@ impl BackendState {
     /// Close every connection to this clone now, idle or busy (end of a drain): requests
     /// still in flight on it fail, and their clients see an aborted transfer.
     pub fn cut_connections(&self) {
+        self.set_flag(CUT, true);
         self.idle.clear();
         let tasks = std::mem::take(
             &mut *self
@@ -143,9 +182,21 @@ impl BackendState {
         self.in_flight.load(Relaxed)
     }
 
-    /// Requests sent to this clone since it was first configured.
+    /// Client requests answered from this clone (each counted once, on the clone whose
+    /// attempt produced the answer), since it was first configured.
     pub fn requests_total(&self) -> u64 {
-        self.requests.load(Relaxed)
+        self.responses.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Client requests answered from this clone, by status class: `[1xx, 2xx, 3xx, 4xx,
+    /// 5xx]` (a client that left before the answer counts as 499, see `record`).
+    pub fn responses_by_class(&self) -> [u64; STATUS_CLASSES] {
+        std::array::from_fn(|i| self.responses[i].load(Relaxed))
+    }
+
+    /// Attempts sent to this clone: first tries and retries alike.
+    pub fn attempts_total(&self) -> u64 {
+        self.attempts.load(Relaxed)
     }
 
     /// Requests that failed on this clone (connect error, reset, timeout).
@@ -163,48 +214,48 @@ impl BackendState {
         self.ejections.load(Relaxed)
     }
 
-    pub(crate) fn record_retry(&self) {
+    /// Count one answered client request under its status class.
+    #[inline]
+    pub(crate) fn count_response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, STATUS_CLASSES) - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
 
-    /// A failure that says nothing about reachability (timeout, error mid-body).
-    pub(crate) fn record_failure(&self) {
+    pub(crate) fn count_failure(&self) {
         self.failures.fetch_add(1, Relaxed);
     }
 
-    /// A connection-level failure of a real request (refused, reset before the response,
-    /// connect timeout; and 5xx when `eject_on_5xx`). Returns true when this failure
-    /// ejected the clone: the `threshold`-th in a row, and the clone was up until now.
-    pub(crate) fn record_connection_failure(&self, threshold: u32) -> bool {
-        self.failures.fetch_add(1, Relaxed);
-        let run = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if run >= threshold && !self.set_down(true) {
-            self.ejections.fetch_add(1, Relaxed);
-            return true;
-        }
-        false
+    pub(crate) fn count_ejection(&self) {
+        self.ejections.fetch_add(1, Relaxed);
+    }
+
+    /// One more connection failure in the current run; returns the run's length.
+    pub(crate) fn extend_failure_run(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Relaxed) + 1
     }
 
     /// A real request got its response: the failure run is over. (Read first, so the
     /// common case writes nothing to a cache line every thread shares.)
     #[inline]
-    pub(crate) fn record_success(&self) {
+    pub(crate) fn end_failure_run(&self) {
         if self.consecutive_failures.load(Relaxed) != 0 {
             self.consecutive_failures.store(0, Relaxed);
         }
     }
 
-    /// Put the clone back with `run` failures already counted: `threshold - 1` re-admits
-    /// it on probation (its next connection failure ejects it again), 0 clears it.
-    pub(crate) fn readmit(&self, run: u32) {
+    /// Set the failure run (re-admission on probation starts it at `threshold - 1`).
+    pub(crate) fn set_failure_run(&self, run: u32) {
         self.consecutive_failures.store(run, Relaxed);
-        self.set_down(false);
     }
 
-    /// Count a request as in flight on this clone until the guard is dropped.
+    /// Count an attempt as in flight on this clone until the guard is dropped.
     pub fn acquire(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Relaxed);
-        self.requests.fetch_add(1, Relaxed);
+        self.attempts.fetch_add(1, Relaxed);
         InFlightGuard {
             state: Arc::clone(self),
         }
@@ -251,28 +302,29 @@ mod tests {
         drop(g1);
         assert_eq!(s.in_flight(), 1);
         drop(g2);
-        assert_eq!((s.in_flight(), s.requests_total()), (0, 2));
+        assert_eq!((s.in_flight(), s.attempts_total()), (0, 2));
+        // Attempts are not answers: nothing was recorded yet.
+        assert_eq!(s.requests_total(), 0);
     }
 
     #[test]
-    fn passive_ejection_after_threshold_and_probation() {
+    fn responses_by_class_and_cut_flag() {
         let s = BackendState::new("127.0.0.1:1".parse().unwrap());
-        assert!(!s.record_connection_failure(3));
-        s.record_success();
-        assert!(!s.record_connection_failure(3));
-        assert!(!s.record_connection_failure(3));
-        assert!(s.record_connection_failure(3), "third in a row ejects");
-        assert!(s.is_down());
+        for status in [200, 204, 302, 404, 499, 502, 101] {
+            s.count_response(status);
+        }
+        assert_eq!(s.responses_by_class(), [1, 2, 1, 2, 1]);
+        assert_eq!(s.requests_total(), 7);
+        s.set_draining(true);
+        s.cut_connections();
+        assert!(s.is_cut() && !s.is_available());
+        s.set_draining(false);
         assert!(
-            !s.record_connection_failure(3),
-            "already out: not ejected twice"
+            !s.is_cut() && s.is_available(),
+            "a clone added back is whole again"
         );
-        assert_eq!(s.ejections_total(), 1);
-        s.readmit(2);
-        assert!(s.is_available());
-        assert!(
-            s.record_connection_failure(3),
-            "on probation one failure ejects"
-        );
+        assert_eq!(&*s.name(), "127.0.0.1:1");
+        s.set_name(&Arc::from("web-1"));
+        assert_eq!(&*s.name(), "web-1");
     }
 }

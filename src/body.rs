@@ -1,25 +1,137 @@
-//! The response body on its way to the client ([`ResponseBody`]): the clone's body,
-//! streamed, or a short error text. It owns the request's [`InFlightGuard`] and the
-//! upstream connection, so the clone counts the request as in flight until the last byte,
-//! and the connection goes back to the clone's idle set only after a clean end of the body.
-//! (The request body, going the other way, is [`crate::upstream_body::UpstreamBody`].)
+//! The response body on its way to the client ([`ResponseBody`]), and the request's
+//! [`Recorder`], which it carries to the request's end.
+//!
+//! The body streams the clone's answer (or holds a short error text). It owns the
+//! request's [`InFlightGuard`] and the upstream connection, so the clone counts the
+//! request as in flight until the last byte, and the connection goes back to the clone's
+//! idle set only after a clean end of the body. This is where the end of a request is
+//! seen, so this is where its [`RequestRecord`] is produced. (The request body, going the
+//! other way, is [`crate::upstream_body::UpstreamBody`].)
+//!
+//! Owns: the end of a request. Must not touch: the routing table, clone selection.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::Method;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Instant;
 
-use crate::backend::InFlightGuard;
+use crate::backend::{BackendState, InFlightGuard};
+use crate::context::ConnContext;
+use crate::health::{self, Attempt};
 use crate::idle::Sender;
-use crate::server::deadline::ActiveRequest;
+use crate::record::{Outcome, RequestRecord, CLIENT_CLOSED_REQUEST};
+
+/// What is needed to record one request when it ends. Created when the service is called
+/// and moved along with the request: into its [`ResponseBody`], or into a WebSocket
+/// tunnel. Dropped without [`Recorder::finish`] (the client left before the response
+/// head, so hyper dropped the service's future; or the body or tunnel was dropped), it
+/// records that: `client_aborted`, or `cut` when the balancer was cutting.
+#[derive(Debug)]
+pub struct Recorder {
+    cx: Arc<ConnContext>,
+    method: Method,
+    start: Instant,
+    head_time: Option<Duration>,
+    status: u16,
+    bytes: u64,
+    attempts: u32,
+    clone: Option<Arc<BackendState>>,
+    done: bool,
+}
+
+impl Recorder {
+    pub fn start(cx: Arc<ConnContext>, method: &Method) -> Self {
+        // The client connection's "request in progress" mark, until the request ends.
+        cx.activity.begin();
+        Recorder {
+            cx,
+            method: method.clone(),
+            start: Instant::now(),
+            head_time: None,
+            status: CLIENT_CLOSED_REQUEST,
+            bytes: 0,
+            attempts: 0,
+            clone: None,
+            done: false,
+        }
+    }
+
+    pub fn context(&self) -> &Arc<ConnContext> {
+        &self.cx
+    }
+
+    /// One more attempt on a clone.
+    pub fn count_attempt(&mut self) {
+        self.attempts += 1;
+    }
+
+    /// The clone the answer comes from (or, for clonelb's own error, the last one tried).
+    pub fn set_clone(&mut self, clone: Arc<BackendState>) {
+        self.clone = Some(clone);
+    }
+
+    /// The response head is on its way with `status`.
+    pub fn head(&mut self, status: u16) {
+        self.status = status;
+        self.head_time = Some(self.start.elapsed());
+    }
+
+    pub fn add_bytes(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
+    /// Produce the record (once).
+    pub fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let record = RequestRecord {
+            clone: self.clone.as_deref(),
+            method: &self.method,
+            status: self.status,
+            bytes: self.bytes,
+            head_time: self.head_time,
+            duration: self.start.elapsed(),
+            attempts: self.attempts,
+            client: self.cx.peer,
+            outcome,
+        };
+        self.cx.shared.completion.complete(&record);
+    }
+
+    /// How a request dropped before its end ended: cut by the balancer, or abandoned by
+    /// its client.
+    fn dropped_outcome(&self) -> Outcome {
+        if self.cx.shared.is_cutting() || self.clone.as_ref().is_some_and(|c| c.is_cut()) {
+            Outcome::Cut
+        } else {
+            Outcome::ClientAborted
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(self.dropped_outcome());
+        }
+        self.cx.activity.end();
+    }
+}
 
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub struct ResponseBody {
     kind: Kind,
-    /// Keeps the client connection's "request in progress" mark until the body ends.
-    _active: Option<ActiveRequest>,
+    /// The request's record, produced when the body ends or is dropped (`None` for bodies
+    /// that answer no proxied request).
+    rec: Option<Recorder>,
 }
 
 #[derive(Debug)]
@@ -39,11 +151,20 @@ struct Finish {
 }
 
 impl ResponseBody {
-    /// A complete, short body (error pages).
+    /// A complete, short body (error pages), not tied to a request's record.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
-            _active: None,
+            rec: None,
+        }
+    }
+
+    /// clonelb's own answer to a request: recorded as `clonelb_error` when it ends.
+    pub(crate) fn own_answer(bytes: Bytes, status: u16, mut rec: Recorder) -> Self {
+        rec.head(status);
+        ResponseBody {
+            kind: Kind::Full(Some(bytes)),
+            rec: Some(rec),
         }
     }
 
@@ -52,46 +173,67 @@ impl ResponseBody {
         inner: Incoming,
         guard: InFlightGuard,
         sender: Sender,
-        active: Option<ActiveRequest>,
+        rec: Recorder,
     ) -> Self {
         ResponseBody {
             kind: Kind::Upstream {
                 inner,
                 finish: Some(Finish { guard, sender }),
             },
-            _active: active,
+            rec: Some(rec),
+        }
+    }
+
+    /// The body ended (`clean`: read to its end) or failed: release the clone and the
+    /// connection, and record the request.
+    fn end(&mut self, end: End) {
+        let outcome = match &mut self.kind {
+            Kind::Full(_) => Outcome::ClonelbError,
+            Kind::Upstream { finish, .. } => {
+                let Some(Finish { guard, sender }) = finish.take() else {
+                    return;
+                };
+                let state = guard.state();
+                match end {
+                    End::Clean => {
+                        state.idle.put(sender, state.is_draining());
+                        Outcome::Complete
+                    }
+                    End::CloneError if state.is_cut() => Outcome::Cut,
+                    End::CloneError => {
+                        let policy = self
+                            .rec
+                            .as_ref()
+                            .map(|r| *r.context().shared.table.load().policy());
+                        if let Some(policy) = policy {
+                            health::report(state, &policy, Attempt::OtherFailure);
+                        }
+                        Outcome::UpstreamError
+                    }
+                    End::Dropped => match &self.rec {
+                        Some(r) => r.dropped_outcome(),
+                        None => Outcome::ClientAborted,
+                    },
+                }
+            }
+        };
+        if let Some(rec) = &mut self.rec {
+            rec.finish(outcome);
         }
     }
 }
 
-/// How a proxied response body ended.
+/// How a response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// Read to the end: the connection may serve another request.
     Clean,
-    /// The clone failed mid-body (reset, bad framing): count it against the clone.
+    /// The clone failed mid-body (reset, bad framing): count it against the clone, unless
+    /// the balancer cut it (drain timeout).
     CloneError,
-    /// Dropped early (the client went away): not the clone's fault, but the connection
-    /// is mid-response and cannot be reused.
-    Cut,
-}
-
-impl Kind {
-    /// Release the guard; pool the connection only if the body ended cleanly.
-    fn finish(&mut self, end: End) {
-        if let Kind::Upstream { finish, .. } = self {
-            if let Some(Finish { guard, sender }) = finish.take() {
-                match end {
-                    End::Clean => {
-                        let state = guard.state();
-                        state.idle.put(sender, state.is_draining());
-                    }
-                    End::CloneError => guard.state().record_failure(),
-                    End::Cut => {}
-                }
-            }
-        }
-    }
+    /// Dropped early (the client went away, or the balancer cut the client connection):
+    /// not the clone's fault, but the connection is mid-response and cannot be reused.
+    Dropped,
 }
 
 impl Body for ResponseBody {
@@ -102,17 +244,31 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let kind = &mut self.get_mut().kind;
-        match kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(bytes) => {
+                let frame = bytes.take();
+                if let (Some(b), Some(rec)) = (&frame, &mut this.rec) {
+                    rec.add_bytes(b.len() as u64);
+                }
+                Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
+            }
             Kind::Upstream { inner, .. } => {
                 let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 // hyper stops polling once `is_end_stream()` is true, so the end is
                 // detected after the last frame, not only on `None`.
+                let ended = inner.is_end_stream();
                 match &polled {
-                    Some(Ok(_)) if !inner.is_end_stream() => {}
-                    Some(Ok(_)) | None => kind.finish(End::Clean),
-                    Some(Err(_)) => kind.finish(End::CloneError),
+                    Some(Ok(frame)) => {
+                        if let (Some(d), Some(rec)) = (frame.data_ref(), &mut this.rec) {
+                            rec.add_bytes(d.len() as u64);
+                        }
+                        if ended {
+                            this.end(End::Clean);
+                        }
+                    }
+                    None => this.end(End::Clean),
+                    Some(Err(_)) => this.end(End::CloneError),
                 }
                 Poll::Ready(polled)
             }
@@ -138,8 +294,8 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // A body hyper never polled because it was empty from the start (HEAD, 204, 304,
-        // Content-Length: 0) ended cleanly; anything else dropped early was cut.
+        // Content-Length: 0) ended cleanly; anything else dropped early was cut short.
         let clean = matches!(&self.kind, Kind::Upstream { inner, .. } if inner.is_end_stream());
-        self.kind.finish(if clean { End::Clean } else { End::Cut });
+        self.end(if clean { End::Clean } else { End::Dropped });
     }
 }

@@ -20,7 +20,6 @@ use crate::config::{
     BackendConfig, BalancerConfig, Config, HealthConfig, ListenConfig, ProxyConfig,
 };
 use crate::error::StartError;
-use crate::Balancer;
 
 /// Accept on `listener` forever, answering as clone `name` running code `version`.
 pub async fn serve_clone(listener: TcpListener, name: String, version: String) {
@@ -117,11 +116,11 @@ pub fn run() -> Result<(), StartError> {
         backends,
     };
     // Port 8080 when free, any free port otherwise.
-    let balancer = match Balancer::start(&config) {
+    let balancer = match crate::start_with_signals(&config) {
         Ok(b) => b,
         Err(StartError::Bind { .. }) => {
             config.listen = ListenConfig::http(SocketAddr::from(([127, 0, 0, 1], 0)));
-            Balancer::start(&config)?
+            crate::start_with_signals(&config)?
         }
         Err(e) => return Err(e),
     };
@@ -136,7 +135,6 @@ pub fn run() -> Result<(), StartError> {
     println!("    for i in 1 2 3 4 5 6; do curl -s {url}; done");
     println!();
     println!("Press Ctrl-C to stop.");
-    crate::wait_for_stop_signal();
-    balancer.shutdown();
+    crate::serve_until_stopped(balancer);
     Ok(())
 }

@@ -1,17 +1,22 @@
-//! Active health checks: one checker task per clone, and the pure pass/fail counter it owns.
+//! Up and down: every decision that takes a clone out of rotation or puts it back.
 //!
-//! A checker GETs `[health] path` on its clone every `interval` (±10 % jitter, and a random
-//! first delay, so checks of many clones do not fire in one burst), feeds the outcome to its
-//! [`HealthCounter`], and publishes only transitions, with one atomic store to the clone's
-//! `down` flag. The request path never waits on a check.
+//! * **Active checks**: one checker task per clone GETs `[health] path` every `interval`
+//!   (±10 % jitter, and a random first delay, so checks of many clones do not fire in one
+//!   burst), feeds the outcome to its [`HealthCounter`], and publishes only transitions,
+//!   with one atomic store to the clone's `down` flag. The request path never waits on a
+//!   check.
+//! * **Passive ejection**: the request path reports each attempt's outcome with
+//!   [`report`]; `eject_after` connection failures in a row (or 5xx answers, with
+//!   `eject_on_5xx`) take the clone out. With active checks, its checker sees the flag
+//!   before its next check, counts the clone as down and brings it back after
+//!   `healthy_threshold` passes; without them it is re-admitted on probation after
+//!   `ejection_time` (its next connection failure ejects it again).
 //!
-//! Passive ejection (the request path taking a clone out after connection failures, see
-//! `BackendState::record_connection_failure`) sets the same flag; the
-//! checker reads it before each check, so a passively ejected clone is "down" to its
-//! counter too and comes back only after `healthy_threshold` passes. Every transition is
-//! logged once, with its reason.
+//! Every transition is logged once, with the clone's name, address and the reason.
 //!
-//! Writes only `BackendState`'s health (the `down` flag and the failure run).
+//! Owns: the decisions. Writes only `BackendState`'s health (the `down` flag, the failure
+//! run, the failure and ejection counters). Must not touch: the routing table, draining,
+//! the request path's types.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +34,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, BackendState};
 use crate::config::HealthConfig;
+use crate::table::Policy;
 
 /// A health transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +177,7 @@ pub async fn check_loop(name: Arc<str>, state: Arc<BackendState>, cfg: Arc<Healt
         let outcome = probe(state.address(), &cfg).await;
         match (counter.record(outcome.is_ok()), &outcome) {
             (Some(Transition::Up), _) => {
-                state.readmit(0);
+                readmit(&state, 0);
                 tracing::info!(clone = %name, address = %state.address(), "clone up: health checks pass");
             }
             (Some(Transition::Down), Err(why)) => {
@@ -182,6 +188,73 @@ pub async fn check_loop(name: Arc<str>, state: Arc<BackendState>, cfg: Arc<Healt
         }
         tokio::time::sleep(jittered(cfg.interval, &mut rng)).await;
     }
+}
+
+/// What one attempt on a clone said about the clone, as the request path saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The clone sent a response head with this status.
+    Answered(u16),
+    /// Refused, reset or closed before the response, connect timeout, malformed answer.
+    ConnectionFailure,
+    /// A failure that says nothing about reachability (response timeout, error mid-body).
+    OtherFailure,
+}
+
+/// The request path's report of one attempt: counts it and decides passive ejection. On
+/// the failure that ejects the clone, logs it and, without active checks, schedules its
+/// return on probation after `ejection_time` (on the caller's runtime).
+pub fn report(state: &Arc<BackendState>, policy: &Policy, attempt: Attempt) {
+    match attempt {
+        Attempt::Answered(status) if !(policy.eject_on_5xx && status >= 500) => {
+            state.end_failure_run();
+            return;
+        }
+        Attempt::OtherFailure => {
+            state.count_failure();
+            return;
+        }
+        // A connection failure, or a 5xx that counts as one.
+        Attempt::Answered(_) | Attempt::ConnectionFailure => {}
+    }
+    if !passive_failure(state, policy.eject_after) {
+        return;
+    }
+    tracing::warn!(
+        clone = %state.name(),
+        address = %state.address(),
+        failures = policy.eject_after,
+        "clone ejected: connection failures in a row"
+    );
+    if policy.active_checks {
+        return; // its checker brings it back after healthy_threshold passes
+    }
+    let state = Arc::clone(state);
+    let (wait, probation) = (policy.proxy.ejection_time, policy.eject_after - 1);
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        readmit(&state, probation);
+        tracing::info!(clone = %state.name(), address = %state.address(), "clone re-admitted on probation");
+    });
+}
+
+/// Count a connection-level failure. Returns true when it ejected the clone: the
+/// `threshold`-th in a row, and the clone was up until now.
+fn passive_failure(state: &BackendState, threshold: u32) -> bool {
+    state.count_failure();
+    let run = state.extend_failure_run();
+    if run >= threshold && !state.set_down(true) {
+        state.count_ejection();
+        return true;
+    }
+    false
+}
+
+/// Put the clone back with `run` failures already counted: `threshold - 1` re-admits it on
+/// probation (its next connection failure ejects it again), 0 clears it.
+fn readmit(state: &BackendState, run: u32) {
+    state.set_failure_run(run);
+    state.set_down(false);
 }
 
 /// The checker tasks of every clone, kept in step with the routing table.
@@ -270,6 +343,65 @@ mod tests {
         assert!(!c.is_up());
         assert_eq!(c.record(true), None);
         assert_eq!(c.record(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn passive_ejection_after_threshold_and_probation() {
+        let s = BackendState::new("127.0.0.1:1".parse().unwrap());
+        assert!(!passive_failure(&s, 3));
+        s.end_failure_run();
+        assert!(!passive_failure(&s, 3));
+        assert!(!passive_failure(&s, 3));
+        assert!(passive_failure(&s, 3), "third in a row ejects");
+        assert!(s.is_down());
+        assert!(!passive_failure(&s, 3), "already out: not ejected twice");
+        assert_eq!(s.ejections_total(), 1);
+        readmit(&s, 2);
+        assert!(s.is_available());
+        assert!(passive_failure(&s, 3), "on probation one failure ejects");
+    }
+
+    fn policy(config: &str) -> Policy {
+        let text = format!("[listen]\nhttp = \"127.0.0.1:1\"\n{config}");
+        let cfg = crate::config::parse("t", &text).unwrap().config;
+        *crate::table::RoutingTable::build(&cfg, None).policy()
+    }
+
+    /// Without active checks an ejected clone comes back after exactly `ejection_time`, on
+    /// probation: one more connection failure ejects it again.
+    #[tokio::test(start_paused = true)]
+    async fn readmitted_on_probation_after_ejection_time() {
+        let policy = policy("[proxy]\nejection_time = \"30s\"\n");
+        let s = Arc::new(BackendState::new("127.0.0.1:1".parse().unwrap()));
+        for _ in 0..3 {
+            report(&s, &policy, Attempt::ConnectionFailure);
+        }
+        assert!(s.is_down());
+        tokio::time::sleep(Duration::from_millis(29_999)).await;
+        assert!(s.is_down(), "still out just before ejection_time");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(s.is_available(), "back after ejection_time");
+        report(&s, &policy, Attempt::ConnectionFailure);
+        assert!(s.is_down(), "on probation: one failure ejects again");
+        assert_eq!(s.ejections_total(), 2);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(s.is_available());
+        report(&s, &policy, Attempt::Answered(200));
+        report(&s, &policy, Attempt::ConnectionFailure);
+        assert!(s.is_available(), "an answer ends probation");
+    }
+
+    /// With active checks passive ejection never schedules a return: the checker does it.
+    #[tokio::test(start_paused = true)]
+    async fn with_active_checks_no_timed_readmission() {
+        let policy = policy("[health]\neject_on_5xx = true\n[proxy]\nejection_time = \"1s\"\n");
+        let s = Arc::new(BackendState::new("127.0.0.1:1".parse().unwrap()));
+        for _ in 0..3 {
+            report(&s, &policy, Attempt::Answered(503));
+        }
+        assert!(s.is_down(), "5xx count with eject_on_5xx");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(s.is_down());
     }
 
     #[test]

@@ -1,24 +1,31 @@
 //! clonelb: a layer-7 load balancer for a cluster of identical app servers ("clones").
 //!
 //! The library holds everything; `main.rs` only parses the command line. Tests and
-//! benchmarks drive the same code the binary runs.
+//! benchmarks drive the same code the binary runs. This file is the wiring: [`Balancer`]
+//! puts the control plane, the file side and the workers together. The design — layout,
+//! one request's path, one reload's path, who owns what — is in `docs/ARCHITECTURE.md`.
 //!
 //! Data flows one way on the request path: [`server`] accepts and serves a connection,
-//! [`proxy`] loads the [`table::RoutingTable`] snapshot once, the [`strategy`] picks a
-//! clone, and [`forward`] sends the request over one of that clone's [`idle`] connections (or a new one).
-//! The only writes are atomics in the clone's [`backend::BackendState`].
+//! [`proxy`] checks the request ([`forward::prepare`]), loads the [`table::RoutingTable`]
+//! snapshot once, the [`strategy`] picks a clone, [`forward`] sends the request over one
+//! of that clone's [`idle`] connections (or a new one), and [`body`] streams the answer
+//! back and produces the request's [`record::RequestRecord`] when it ends. The only
+//! writes are atomics in the clone's [`backend::BackendState`].
 //!
 //! Modules:
 //! * [`config`] — lb.toml schema and validation (pure);
-//! * [`backend`], [`idle`] — a clone and its shared state and idle connections;
+//! * [`backend`], [`idle`] — a clone, its shared state and its idle connections;
 //! * [`strategy`], [`table`] — picking a clone from an immutable snapshot;
-//! * [`server`], [`proxy`], [`forward`], [`body`] — the request path
-//!   (HTTP/1.1, HTTP/2, WebSocket tunnels);
+//! * [`server`], [`context`], [`proxy`], [`forward`], [`upstream_body`], [`body`] — the
+//!   request path (HTTP/1.1, HTTP/2, WebSocket tunnels);
+//! * [`record`] — one record per finished request and the completion hook;
+//! * [`health`] — every up/down decision: active checks and passive ejection;
+//! * [`control`] — the run-time state: the only writer of the table, generation, drains,
+//!   health-checker sync, [`control::Status`], the control runtime and signals;
+//! * [`reload`] — the config file: load, watch, reload (then `control` publishes);
 //! * [`tls`] — PEM files to a rustls configuration for the HTTPS listener;
-//! * [`health`] — active health checks (passive ejection lives on the request path);
-//! * [`reload`] — lb.toml reloads (the only writer of the table) and draining;
 //! * [`demo`] — the embedded clones of `clonelb demo`;
-//! * [`error`] — one error enum per layer.
+//! * [`error`] — the request path's and start-up's error enums.
 //!
 //! Picking a clone from a table built from lb.toml text:
 //!
@@ -46,12 +53,15 @@
 pub mod backend;
 pub mod body;
 pub mod config;
+pub mod context;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod health;
 pub mod idle;
 pub mod proxy;
+pub mod record;
 pub mod reload;
 pub mod server;
 pub mod strategy;
@@ -64,88 +74,92 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::context::Shared;
+use crate::control::runtime::{self, Runtime};
+use crate::control::{ControlState, Inputs, Status};
 use crate::error::StartError;
-use crate::reload::{ControlState, Trigger};
+use crate::record::{Completion, Hook};
+use crate::reload::{Reloader, Trigger};
 use crate::server::Signal;
-use crate::table::{RoutingTable, SharedTable};
+use crate::table::RoutingTable;
 
-/// A running balancer: its worker threads, its routing table and its stop switch.
+/// How to start a [`Balancer`] beyond its configuration.
+#[derive(Clone)]
+pub struct Options {
+    /// Worker threads (at least 1); default: one per core.
+    pub workers: usize,
+    /// Called once for every finished request (see [`record`]).
+    pub on_record: Option<Hook>,
+    /// Take over SIGHUP, SIGTERM and SIGINT (`clonelb run` and `demo` only; never for a
+    /// balancer embedded in tests), before any listener is bound.
+    signals: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            on_record: None,
+            signals: false,
+        }
+    }
+}
+
+impl Options {
+    pub fn workers(workers: usize) -> Self {
+        Options {
+            workers,
+            ..Options::default()
+        }
+    }
+}
+
+/// A running balancer: its worker threads, its control plane and its stop switch.
 ///
 /// Dropping it stops the workers at once (connections are dropped); [`Balancer::shutdown`]
 /// stops them gracefully and waits.
 pub struct Balancer {
-    table: Arc<SharedTable>,
-    tls: Arc<ArcSwapOption<rustls::ServerConfig>>,
+    control: Arc<ControlState>,
+    reloader: Option<Arc<Reloader>>,
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
     signal: watch::Sender<Signal>,
     workers: Vec<JoinHandle<()>>,
-    state: Arc<ControlState>,
-    // Dropped last: the runtime the control state's tasks run on.
-    control: Control,
-}
-
-/// The runtime of everything off the request path (health checks, later reload and
-/// admin), on its own thread so it never competes with the workers' runtimes.
-struct Control {
-    handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Control {
-    fn start() -> Result<Control, StartError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StartError::Thread)?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("clonelb-control".into())
-            .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                })
-            })
-            .map_err(StartError::Thread)?;
-        Ok(Control {
-            handle,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    stop_signals: Option<mpsc::Receiver<()>>,
+    // Dropped last: the runtime the control plane's tasks run on.
+    runtime: Runtime,
 }
 
 impl Balancer {
-    /// Build the routing table and start one worker per core listening on
-    /// `config.listen.http` (port 0 picks a free port; see [`Balancer::http_addr`]).
+    /// Start serving `config` with one worker per core (`listen.http` port 0 picks a free
+    /// port; see [`Balancer::http_addr`]). No file: nothing is reloaded.
     pub fn start(config: &Config) -> Result<Balancer, StartError> {
-        Self::start_with_workers(config, default_workers())
+        Self::start_with_options(config, Options::default())
+    }
+
+    /// As [`Balancer::start`], with an explicit number of worker threads (at least 1).
+    pub fn start_with_workers(config: &Config, workers: usize) -> Result<Balancer, StartError> {
+        Self::start_with_options(config, Options::workers(workers))
+    }
+
+    pub fn start_with_options(config: &Config, options: Options) -> Result<Balancer, StartError> {
+        let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+            _ => None,
+        };
+        let inputs = Inputs {
+            config: config.clone(),
+            tls,
+        };
+        Self::start_inner(inputs, None, options)
     }
 
     /// Load `path`, start serving it, and reload it whenever it changes (see [`reload`]).
     pub fn start_from_file(path: &Path) -> Result<Balancer, StartError> {
-        Self::start_from_file_with_workers(path, default_workers())
+        Self::start_from_file_with_options(path, Options::default())
     }
 
     /// As [`Balancer::start_from_file`], with an explicit number of worker threads.
@@ -153,106 +167,81 @@ impl Balancer {
         path: &Path,
         workers: usize,
     ) -> Result<Balancer, StartError> {
-        let label = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            StartError::Config(config::LoadError {
-                path: label.clone(),
-                diagnostics: vec![config::Diagnostic {
-                    line: 1,
-                    col: 1,
-                    error: error::ConfigError::Io(e.to_string()),
-                }],
-            })
-        })?;
-        let checked = config::parse(&label, &text)?;
-        for w in &checked.warnings {
-            tracing::warn!("{}", config::format_diagnostic(&label, w));
-        }
-        let tls = tls::from_checked(&label, &checked)?;
-        let balancer = Self::start_with(
-            &checked.config,
-            tls,
-            Some((path.to_path_buf(), text)),
-            workers,
-        )?;
-        reload::watch(&balancer.state).map_err(|e| {
-            StartError::Thread(std::io::Error::other(format!("cannot watch {label}: {e}")))
-        })?;
-        Ok(balancer)
+        Self::start_from_file_with_options(path, Options::workers(workers))
     }
 
-    /// As [`Balancer::start`], with an explicit number of worker threads (at least 1).
-    pub fn start_with_workers(config: &Config, workers: usize) -> Result<Balancer, StartError> {
-        let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
-            _ => None,
-        };
-        Self::start_with(config, tls, None, workers)
-    }
-
-    fn start_with(
-        config: &Config,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        file: Option<(std::path::PathBuf, String)>,
-        workers: usize,
+    pub fn start_from_file_with_options(
+        path: &Path,
+        options: Options,
     ) -> Result<Balancer, StartError> {
-        let table = Arc::new(ArcSwap::from_pointee(RoutingTable::build(config, None)));
-        let tls = Arc::new(ArcSwapOption::new(tls));
+        let loaded = reload::load(path)?;
+        loaded.log_warnings(path);
+        Self::start_inner(loaded.inputs(), Some((path, &loaded)), options)
+    }
+
+    /// Control plane, then the file side, then (for `run`) the signal handlers, then the
+    /// workers: by the time a port accepts, everything that may act on it exists.
+    fn start_inner(
+        inputs: Inputs,
+        file: Option<(&Path, &reload::Loaded)>,
+        options: Options,
+    ) -> Result<Balancer, StartError> {
+        let runtime = Runtime::start()?;
+        let (http, https) = inputs.config.listen.addresses();
+        let max_connections = inputs.config.limits.max_connections;
+        let watch_file = true; // MERGE: inputs.config.reload.watch
+        let control = ControlState::new(inputs, runtime.handle().clone());
+        let reloader = file.map(|(path, loaded)| Reloader::new(path, loaded, Arc::clone(&control)));
+        if let Some(r) = reloader.as_ref().filter(|_| watch_file) {
+            r.watch().map_err(|e| {
+                StartError::Thread(std::io::Error::other(format!(
+                    "cannot watch {}: {e}",
+                    r.path().display()
+                )))
+            })?;
+        }
+        let stop_signals = if options.signals {
+            let on_hup = {
+                let reloader = reloader.as_ref().map(Arc::downgrade);
+                move || match reloader.as_ref().and_then(std::sync::Weak::upgrade) {
+                    Some(r) => {
+                        r.reload(Trigger::Signal);
+                    }
+                    None => tracing::info!("SIGHUP: no configuration file to reload"),
+                }
+            };
+            Some(runtime::install_signals(runtime.handle(), on_hup).map_err(StartError::Thread)?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared::new(
+            Arc::clone(control.table()),
+            Arc::clone(control.tls()),
+            Completion::new(options.on_record),
+        ));
         let (signal, _) = watch::channel(Signal::Run);
-        let control = Control::start()?;
-        let (path, text) = file.unzip();
-        let state = ControlState::new(
-            Arc::clone(&table),
-            Arc::clone(&tls),
-            control.handle.clone(),
-            path,
-            text,
-        );
         let mut balancer = Balancer {
-            table,
-            tls,
-            http_addr: config.listen.http,
-            https_addr: config.listen.https,
+            control,
+            reloader,
+            http_addr: http,
+            https_addr: https,
             signal,
             workers: Vec::new(),
-            state,
-            control,
+            stop_signals,
+            runtime,
         };
-        // The first worker binds the configured address (resolving port 0); the others
-        // bind the address it got.
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(config.limits.max_connections)
-                .unwrap_or(usize::MAX)
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        ));
-        let shared = Arc::new(server::Shared {
-            table: Arc::clone(&balancer.table),
-            tls: Arc::clone(&balancer.tls),
-        });
-        for i in 0..workers.max(1) {
-            let (tx, rx) = mpsc::channel();
-            let addrs = (balancer.http_addr, balancer.https_addr);
-            let shared = Arc::clone(&shared);
-            let signal = balancer.signal.subscribe();
-            let slots = Arc::clone(&slots);
-            let handle = std::thread::Builder::new()
-                .name(format!("clonelb-worker-{i}"))
-                .spawn(move || worker(addrs, shared, signal, slots, tx))
-                .map_err(StartError::Thread)?;
-            balancer.workers.push(handle);
-            match rx.recv() {
-                Ok(Ok((http, https))) => {
-                    balancer.http_addr = http;
-                    balancer.https_addr = https;
-                }
-                Ok(Err((address, source))) => return Err(StartError::Bind { address, source }),
-                Err(_) => {
-                    return Err(StartError::Thread(std::io::Error::other(
-                        "worker thread exited before binding",
-                    )))
-                }
-            }
-        }
+        let workers = server::start(
+            (http, https),
+            options.workers,
+            &shared,
+            &balancer.signal,
+            max_connections,
+        );
+        // On error, dropping the half-built balancer stops what was started.
+        let workers = workers?;
+        balancer.workers = workers.threads;
+        balancer.http_addr = workers.http;
+        balancer.https_addr = workers.https;
         Ok(balancer)
     }
 
@@ -271,38 +260,49 @@ impl Balancer {
 
     /// The current routing table snapshot.
     pub fn table(&self) -> Arc<RoutingTable> {
-        self.table.load_full()
+        self.control.table().load_full()
     }
 
-    /// Reload the config file now (as SIGHUP does); see [`reload::ControlState::reload`].
+    /// What is running: generation, last error, every clone's state and counters.
+    pub fn status(&self) -> Status {
+        self.control.status()
+    }
+
+    /// Reload the config file now (as SIGHUP does). A balancer started without a file has
+    /// nothing to reload.
     pub fn reload(&self) -> reload::Outcome {
-        self.state.reload(Trigger::Signal)
+        match &self.reloader {
+            Some(r) => r.reload(Trigger::Signal),
+            None => reload::Outcome::Unchanged,
+        }
     }
 
-    /// Generation, last reload error, draining clones.
-    pub fn control(&self) -> &Arc<ControlState> {
-        &self.state
+    /// Block until SIGTERM or SIGINT (only for a balancer that installed the handlers:
+    /// `clonelb run` and `demo`; returns at once otherwise).
+    fn wait_for_stop_signal(&self) {
+        if let Some(rx) = &self.stop_signals {
+            let _ = rx.recv();
+        }
     }
 
     /// Stop accepting (the listeners close at once), let requests in flight finish (up to
     /// `[proxy] shutdown_timeout`), and wait for the workers to exit.
     pub fn shutdown(mut self) {
-        let _ = self.signal.send(Signal::Graceful);
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        self.state.stop();
-        self.control.stop();
+        self.stop(Signal::Graceful);
     }
 
     /// Stop at once, dropping every connection, and wait for the workers.
     pub fn abort(mut self) {
-        let _ = self.signal.send(Signal::Abort);
+        self.stop(Signal::Abort);
+    }
+
+    fn stop(&mut self, how: Signal) {
+        let _ = self.signal.send(how);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        self.state.stop();
         self.control.stop();
+        self.runtime.stop();
     }
 }
 
@@ -311,130 +311,45 @@ impl Drop for Balancer {
         // Workers not joined here: they stop on their own right after the signal. The
         // health checkers stop with the control runtime.
         let _ = self.signal.send(Signal::Abort);
-        self.state.stop();
         self.control.stop();
+        self.runtime.stop();
     }
-}
-
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// The bound (http, https) addresses, or the address that could not be bound and why.
-type BindResult = Result<(Option<SocketAddr>, Option<SocketAddr>), (SocketAddr, std::io::Error)>;
-
-fn worker(
-    (http, https): (Option<SocketAddr>, Option<SocketAddr>),
-    shared: Arc<server::Shared>,
-    signal: watch::Receiver<Signal>,
-    slots: Arc<tokio::sync::Semaphore>,
-    bound: mpsc::Sender<BindResult>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let at = http
-                .or(https)
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-            let _ = bound.send(Err((at, e)));
-            return;
-        }
-    };
-    rt.block_on(async move {
-        let bind = |addr: Option<SocketAddr>| -> Result<_, (SocketAddr, std::io::Error)> {
-            let Some(addr) = addr else {
-                return Ok((None, None));
-            };
-            let l = server::bind(addr).map_err(|e| (addr, e))?;
-            let local = l.local_addr().map_err(|e| (addr, e))?;
-            Ok((Some(l), Some(local)))
-        };
-        let listeners =
-            bind(http).and_then(|(h, hl)| bind(https).map(|(s, sl)| ((h, hl), (s, sl))));
-        let ((http_l, http_local), (https_l, https_local)) = match listeners {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = bound.send(Err(e));
-                return;
-            }
-        };
-        let _ = bound.send(Ok((http_local, https_local)));
-        let listeners = server::Listeners {
-            http: http_l,
-            https: https_l,
-        };
-        server::serve(listeners, shared, signal, slots).await;
-    });
 }
 
 /// `clonelb run`: load the config, serve until SIGINT/SIGTERM (reloading on change and on
 /// SIGHUP), then stop gracefully. A second SIGINT/SIGTERM exits at once.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
-    let balancer = Balancer::start_from_file(config_path)?;
-    let table = balancer.table();
+    let options = Options {
+        signals: true,
+        ..Options::default()
+    };
+    let balancer = Balancer::start_from_file_with_options(config_path, options)?;
+    let status = balancer.status();
     tracing::info!(
         listen = %balancer.http_addr(),
         https = %balancer.https_addr().map_or_else(|| "none".to_string(), |a| a.to_string()),
-        strategy = table.picker().kind().as_str(),
-        clones = table.backends().len(),
-        generation = 1,
+        strategy = status.strategy.as_str(),
+        clones = status.backends.len(),
+        generation = status.generation,
         "clonelb serving"
     );
-    drop(table);
-    wait_for_signals(Some(&balancer));
-    tracing::info!("stopping: listeners closed, finishing requests in flight");
-    std::thread::spawn(|| {
-        wait_for_signals(None);
-        tracing::warn!("second stop signal: exiting now");
-        std::process::exit(1);
-    });
-    balancer.shutdown();
-    tracing::info!("stopped");
+    serve_until_stopped(balancer);
     Ok(())
 }
 
-/// Block until SIGINT or SIGTERM.
-pub fn wait_for_stop_signal() {
-    wait_for_signals(None);
+/// Start serving `config` with the signal handlers installed (for `demo`).
+pub(crate) fn start_with_signals(config: &Config) -> Result<Balancer, StartError> {
+    let options = Options {
+        signals: true,
+        ..Options::default()
+    };
+    Balancer::start_with_options(config, options)
 }
 
-/// Block until SIGINT or SIGTERM; on SIGHUP reload `balancer`'s config file.
-fn wait_for_signals(balancer: Option<&Balancer>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    rt.block_on(async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::hangup()),
-            ) else {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return,
-                    _ = term.recv() => return,
-                    _ = hup.recv() => {
-                        if let Some(b) = balancer {
-                            b.reload();
-                        }
-                    }
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    });
+/// Wait for SIGTERM/SIGINT, then stop gracefully.
+pub(crate) fn serve_until_stopped(balancer: Balancer) {
+    balancer.wait_for_stop_signal();
+    tracing::info!("stopping: listeners closed, finishing requests in flight");
+    balancer.shutdown();
+    tracing::info!("stopped");
 }

@@ -68,15 +68,11 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     let label = path.display().to_string();
-    match clonelb::config::load(path) {
-        Ok(checked) => {
-            // The certificate and key must exist, parse and match.
-            if let Err(e) = clonelb::tls::from_checked(&label, &checked) {
-                for line in e.lines() {
-                    eprintln!("{line}");
-                }
-                return ExitCode::FAILURE;
-            }
+    // The same load as `run` and every reload: the certificate and key must exist, parse
+    // and match too.
+    match clonelb::reload::load(path) {
+        Ok(loaded) => {
+            let checked = &loaded.checked;
             for w in &checked.warnings {
                 eprintln!("{}", clonelb::config::format_diagnostic(&label, w));
             }

@@ -1,55 +1,60 @@
-//! The service for one client request: load the table once → pick a clone → take its
-//! in-flight guard → forward → stream the answer back, or retry on another clone, or
-//! answer the error.
+//! The service for one client request: validate and rewrite it → load the table once →
+//! pick a clone → take its in-flight guard → forward → stream the answer back, or retry on
+//! another clone, or answer the error.
 //!
-//! The table guard is dropped before the first `.await`; after that the request holds only
-//! its clone's `Arc<BackendState>` (inside the guard), so a reload never waits for it and a
-//! removed clone's state lives exactly as long as its last request.
+//! The request is checked against `[limits]` and the framing rules before any clone is
+//! picked, so a request answered 400/413/414 touches no clone's counters. The table guard
+//! is dropped before the first `.await`; after that the request holds only its clone's
+//! `Arc<BackendState>` (inside the guard), so a reload never waits for it and a removed
+//! clone's state lives exactly as long as its last request.
 //!
 //! Retries (`[proxy] retries`, never the same clone twice) follow [`ProxyError::retry`]:
 //! a failed connect is retried for any request (nothing was sent); a reset or malformed
 //! answer before the response head only for an idempotent method without a body; a
 //! response timeout only with `retry_on_timeout` and under the same condition. A request
 //! whose body was partly streamed is never retried: its body is gone.
+//!
+//! Every request is recorded once (see [`crate::record`]): its [`Recorder`] is created
+//! first thing and travels with the answer. Each attempt's outcome is reported to
+//! [`health::report`], which decides passive ejection.
+//!
+//! Owns: the order of one request's steps. Must not touch: the table's contents (it only
+//! loads snapshots), health decisions, the control plane.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Method, Request, Response};
 use hyper::body::{Body, Incoming};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::backend::{BackendState, InFlightGuard};
-use crate::body::ResponseBody;
+use crate::backend::BackendState;
+use crate::backend::InFlightGuard;
+use crate::body::{Recorder, ResponseBody};
+use crate::context::ConnContext;
 use crate::error::{Fault, ProxyError, Retry};
-use crate::forward::{self, ClientInfo, SendFailure};
+use crate::forward::{self, SendFailure};
+use crate::health::{self, Attempt};
 use crate::idle::Sender;
-use crate::server::deadline::{ActiveRequest, ConnActivity};
+use crate::record::Outcome;
 use crate::table::{Policy, SharedTable};
 use crate::upstream_body::UpstreamBody;
-
-/// Everything a request needs from its client connection; one per connection.
-#[derive(Debug)]
-pub struct ConnContext {
-    pub table: Arc<SharedTable>,
-    pub client: ClientInfo,
-    pub activity: Arc<ConnActivity>,
-}
 
 thread_local! {
     /// Randomness for strategies that sample (least-connections on large pools).
     static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
 }
 
-/// Pick an available clone not in `tried` from the current table and count the request
+/// Pick an available clone not in `tried` from the current table and count the attempt
 /// on it. The table guard never outlives this call.
-fn acquire(table: &SharedTable, tried: &[SocketAddr]) -> (Option<InFlightGuard>, Policy) {
+fn acquire(table: &SharedTable, tried: &[SocketAddr]) -> Option<InFlightGuard> {
     let table = table.load();
-    let picked = RNG.with(|rng| {
+    RNG.with(|rng| {
         let rng = &mut *rng.borrow_mut();
         if tried.is_empty() {
             table.pick(rng)
@@ -57,8 +62,7 @@ fn acquire(table: &SharedTable, tried: &[SocketAddr]) -> (Option<InFlightGuard>,
             table.pick_excluding(rng, tried)
         }
         .map(|b| b.state.acquire())
-    });
-    (picked, *table.policy())
+    })
 }
 
 /// Serve one request. Never fails: every error becomes a response.
@@ -66,20 +70,20 @@ pub async fn handle(
     req: Request<Incoming>,
     cx: Arc<ConnContext>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let active = ActiveRequest::new(&cx.activity);
-    let (picked, policy) = acquire(&cx.table, &[]);
-    let Some(mut guard) = picked else {
-        return Ok(error_response(&ProxyError::NoClone));
-    };
+    let mut rec = Recorder::start(Arc::clone(&cx), req.method());
+    let cx = &*cx;
+    let policy = *cx.shared.table.load().policy();
     let mut req = req;
     // The client side of a WebSocket handshake: its socket, once hyper has sent our 101.
     let client_upgrade = forward::is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
     let websocket = client_upgrade.is_some();
-    let (mut req, close_after) =
-        match forward::prepare(req, &cx.client, &policy.proxy, &policy.limits, websocket) {
-            Ok(p) => (p.request, p.close_after),
-            Err(e) => return Ok(error_response(&ProxyError::Rejected(e))),
-        };
+    let (mut req, close_after) = match forward::prepare(req, cx, &policy, websocket) {
+        Ok(p) => (p.request, p.close_after),
+        Err(e) => return Ok(own_answer(&ProxyError::Rejected(e), rec)),
+    };
+    let Some(mut guard) = acquire(&cx.shared.table, &[]) else {
+        return Ok(own_answer(&ProxyError::NoClone, rec));
+    };
     // The head of a request that may be repeated after the clone saw it (idempotent, no
     // body); kept only when retries are on.
     let replay =
@@ -88,16 +92,16 @@ pub async fn handle(
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
         let state = Arc::clone(guard.state());
+        rec.count_attempt();
         match attempt(&state, req, &policy).await {
             Ok((mut resp, sender)) => {
-                if policy.eject_on_5xx && resp.status().is_server_error() {
-                    connection_failure(&state, &policy);
-                } else {
-                    state.record_success();
-                }
+                let status = resp.status();
+                health::report(&state, &policy, Attempt::Answered(status.as_u16()));
+                rec.set_clone(state);
+                rec.head(status.as_u16());
                 if let Some(client) = client_upgrade {
-                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        return Ok(tunnel(client, &mut resp, guard, active));
+                    if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Ok(tunnel(client, &mut resp, guard, rec));
                     }
                 }
                 let (mut parts, body) = resp.into_parts();
@@ -108,15 +112,16 @@ pub async fn handle(
                 }
                 return Ok(Response::from_parts(
                     parts,
-                    ResponseBody::upstream(body, guard, sender, Some(active)),
+                    ResponseBody::upstream(body, guard, sender, rec),
                 ));
             }
             Err(AttemptFailure { error, request }) => {
-                if error.is_connection_failure() {
-                    connection_failure(&state, &policy);
+                let seen = if error.is_connection_failure() {
+                    Attempt::ConnectionFailure
                 } else {
-                    state.record_failure();
-                }
+                    Attempt::OtherFailure
+                };
+                health::report(&state, &policy, seen);
                 let again = match (error.retry(), request) {
                     _ if tried.len() as u32 >= policy.proxy.retries => None,
                     // Handed back untouched: nothing of it reached the clone.
@@ -129,14 +134,14 @@ pub async fn handle(
                 };
                 let Some(again) = again else {
                     tracing::debug!(error = %error, "request failed");
-                    return Ok(error_response(&error));
+                    return Ok(failed(&error, state, guard, rec));
                 };
                 tried.push(state.address());
-                let Some(next) = acquire(&cx.table, &tried).0 else {
+                let Some(next) = acquire(&cx.shared.table, &tried) else {
                     tracing::debug!(error = %error, "request failed; no other clone to retry on");
-                    return Ok(error_response(&error));
+                    return Ok(failed(&error, state, guard, rec));
                 };
-                state.record_retry();
+                state.count_retry();
                 tracing::debug!(error = %error, next = %next.state().address(), "retrying on another clone");
                 guard = next;
                 req = again;
@@ -145,15 +150,28 @@ pub async fn handle(
     }
 }
 
+/// clonelb's answer after the last attempt failed: recorded against the last clone tried.
+fn failed(
+    error: &ProxyError,
+    state: Arc<BackendState>,
+    guard: InFlightGuard,
+    mut rec: Recorder,
+) -> Response<ResponseBody> {
+    drop(guard);
+    rec.set_clone(state);
+    own_answer(error, rec)
+}
+
 /// The clone accepted a WebSocket handshake: answer the client 101 and, once both sides
 /// have switched, join their sockets byte for byte until either closes. The tunnel counts
 /// as one request in flight on its clone (least-connections and draining see it), keeps
-/// the client connection out of its idle deadline, and is closed when a drain times out.
+/// the client connection out of its idle deadline, is closed when a drain times out, and
+/// is recorded when it closes.
 fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     resp: &mut Response<Incoming>,
     guard: InFlightGuard,
-    active: ActiveRequest,
+    mut rec: Recorder,
 ) -> Response<ResponseBody> {
     let upstream = hyper::upgrade::on(&mut *resp);
     let state = Arc::clone(guard.state());
@@ -167,42 +185,23 @@ fn tunnel(
         };
         let mut client = hyper_util::rt::TokioIo::new(client);
         let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "WebSocket tunnel ended");
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((_, to_client)) => {
+                rec.add_bytes(to_client);
+                rec.finish(Outcome::Complete);
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket tunnel ended"),
         }
-        drop((guard, active));
+        drop((guard, rec));
     });
     state.track_connection(task.abort_handle());
-    let mut answer = Response::new(ResponseBody::full(bytes::Bytes::new()));
+    let mut answer = Response::new(ResponseBody::full(Bytes::new()));
     *answer.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
     *answer.headers_mut() = std::mem::take(resp.headers_mut());
     let headers = answer.headers_mut();
     headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     answer
-}
-
-/// Count a connection-level failure; on the one that ejects the clone, log it and, without
-/// active checks, schedule its return on probation after `ejection_time`.
-fn connection_failure(state: &Arc<BackendState>, policy: &Policy) {
-    if !state.record_connection_failure(policy.eject_after) {
-        return;
-    }
-    tracing::warn!(
-        address = %state.address(),
-        failures = policy.eject_after,
-        "clone ejected: connection failures in a row"
-    );
-    if policy.active_checks {
-        return; // its checker brings it back after healthy_threshold passes
-    }
-    let state = Arc::clone(state);
-    let (wait, probation) = (policy.proxy.ejection_time, policy.eject_after - 1);
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        state.readmit(probation);
-        tracing::info!(address = %state.address(), "clone re-admitted on probation");
-    });
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -294,9 +293,22 @@ async fn attempt_fresh(
     })
 }
 
+/// clonelb's own answer to a request it could not proxy, recorded as `clonelb_error`.
+fn own_answer(e: &ProxyError, rec: Recorder) -> Response<ResponseBody> {
+    let (mut resp, text) = error_parts(e);
+    *resp.body_mut() = ResponseBody::own_answer(text, resp.status().as_u16(), rec);
+    resp
+}
+
 /// The client's answer for a failed request: the status from [`ProxyError::status`] and one
 /// short plain-text line naming the cause.
 pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
+    let (mut resp, text) = error_parts(e);
+    *resp.body_mut() = ResponseBody::full(text);
+    resp
+}
+
+fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
     let status = e.status();
     let text = format!(
         "{} {}: {}\n",
@@ -304,7 +316,7 @@ pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
         status.canonical_reason().unwrap_or(""),
         e
     );
-    let mut resp = Response::new(ResponseBody::full(text));
+    let mut resp = Response::new(ResponseBody::full(Bytes::new()));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(
@@ -315,5 +327,5 @@ pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
         // What the client sent is in doubt (framing, an unread body): do not read on.
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    resp
+    (resp, Bytes::from(text))
 }

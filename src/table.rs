@@ -3,7 +3,10 @@
 //! none of it.
 //!
 //! [`RoutingTable::build`] reuses each unchanged clone's `Arc<BackendState>` (keyed by
-//! address), so health, in-flight counts, counters and pooled connections survive a reload.
+//! address), so health, in-flight counts, counters and idle connections survive a reload.
+//!
+//! Owns: the snapshot's shape and the pick over it. Must not touch: the `ArcSwap` (only
+//! the control plane stores into it), per-request state.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,11 +61,16 @@ impl RoutingTable {
         let backends: Box<[Backend]> = config
             .backends
             .iter()
-            .map(|b| Backend {
-                name: Arc::from(b.name.as_str()),
-                address: b.address,
-                weight: b.weight,
-                state: reuse(b.address).unwrap_or_else(|| new_state(config, b.address)),
+            .map(|b| {
+                let name: Arc<str> = Arc::from(b.name.as_str());
+                let state = reuse(b.address).unwrap_or_else(|| new_state(config, b.address));
+                state.set_name(&name);
+                Backend {
+                    name,
+                    address: b.address,
+                    weight: b.weight,
+                    state,
+                }
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();

@@ -153,11 +153,11 @@ async fn ten_edits_under_load_lose_nothing() {
         );
     }
     assert!(
-        lb.control().generation() >= 11,
+        lb.status().generation >= 11,
         "generation {}",
-        lb.control().generation()
+        lb.status().generation
     );
-    assert!(lb.control().last_error().is_none());
+    assert!(lb.status().last_error.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,20 +172,14 @@ async fn invalid_edit_keeps_old_config_and_fix_applies() {
 
     let broken = two.replace("weight = 1", "wieght = 1");
     dir.write(&broken);
-    assert!(
-        eventually(Duration::from_secs(3), || lb
-            .control()
-            .last_error()
-            .is_some())
-        .await
-    );
-    let errors = lb.control().last_error().unwrap();
+    assert!(eventually(Duration::from_secs(3), || lb.status().last_error.is_some()).await);
+    let errors = lb.status().last_error.unwrap();
     assert!(
         errors[0].ends_with("unknown key `wieght` in [[backend]] (did you mean `weight`?)"),
         "{errors:?}"
     );
     assert!(errors[0].starts_with(&format!("{}:", dir.path().display())));
-    assert_eq!(lb.control().generation(), 1);
+    assert_eq!(lb.status().generation, 1);
     assert_eq!(lb.table().backends().len(), 2);
     let before = a.hits() + b.hits();
     assert!(eventually(Duration::from_secs(2), || a.hits() + b.hits() > before + 50).await);
@@ -193,8 +187,8 @@ async fn invalid_edit_keeps_old_config_and_fix_applies() {
     let three = config_text("round-robin", &[(&a, 1), (&b, 1), (&c, 1)], "");
     dir.write(&three);
     assert!(eventually(Duration::from_secs(3), || c.hits() > 0).await);
-    assert_eq!(lb.control().generation(), 2);
-    assert!(lb.control().last_error().is_none());
+    assert_eq!(lb.status().generation, 2);
+    assert!(lb.status().last_error.is_none());
     let (_, failures) = load.finish().await;
     assert!(failures.is_empty(), "{failures:?}");
 }
@@ -207,7 +201,7 @@ async fn atomic_rename_and_explicit_reload() {
     let lb = start(&dir);
     dir.replace(&config_text("round-robin", &[(&a, 1), (&b, 1)], ""));
     assert!(eventually(Duration::from_secs(3), || lb.table().backends().len() == 2).await);
-    assert_eq!(lb.control().generation(), 2);
+    assert_eq!(lb.status().generation, 2);
     // SIGHUP's path: reloads even an unchanged file.
     match lb.reload() {
         Outcome::Reloaded(s) => assert_eq!((s.generation, s.added, s.removed), (3, 0, 0)),
@@ -232,8 +226,8 @@ async fn removed_clone_finishes_its_streaming_response() {
     assert_eq!(b_state.in_flight(), 1);
 
     dir.write(&config_text("round-robin", &[(&a, 1)], ""));
-    assert!(eventually(Duration::from_secs(2), || lb.control().generation() == 2).await);
-    assert_eq!(lb.control().draining().len(), 1);
+    assert!(eventually(Duration::from_secs(2), || lb.status().generation == 2).await);
+    assert_eq!(lb.status().draining().count(), 1);
     assert!(b_state.is_draining());
     let mut client = Client::connect(addr).await;
     for _ in 0..20 {
@@ -261,9 +255,10 @@ async fn removed_clone_finishes_its_streaming_response() {
     // Idle now: dropped from the drain list.
     assert!(
         eventually(Duration::from_secs(2), || lb
-            .control()
+            .status()
             .draining()
-            .is_empty())
+            .next()
+            .is_none())
         .await
     );
     assert_eq!(b_state.in_flight(), 0);
@@ -305,7 +300,7 @@ async fn drain_timeout_cuts_what_is_still_in_flight() {
     );
     let took = removed_at.elapsed();
     assert!(took >= Duration::from_millis(500), "{took:?}");
-    assert!(lb.control().draining().is_empty());
+    assert!(lb.status().draining().next().is_none());
 }
 
 #[tokio::test]
@@ -335,7 +330,7 @@ async fn kept_clones_keep_their_state() {
     let mut text = config_text("round-robin", &[(&a, 1), (&b, 3), (&c, 1)], "");
     text.push_str(health);
     dir.replace(&text);
-    assert!(eventually(Duration::from_secs(3), || lb.control().generation() == 2).await);
+    assert!(eventually(Duration::from_secs(3), || lb.status().generation == 2).await);
     let t2 = lb.table();
     assert!(Arc::ptr_eq(&t2.find(a.addr).unwrap().state, &sa));
     assert!(Arc::ptr_eq(&t2.find(b.addr).unwrap().state, &sb));
@@ -359,7 +354,7 @@ async fn listen_address_change_needs_a_restart() {
     let text = config_text("round-robin", &[(&a, 1)], "")
         .replace("http = \"127.0.0.1:0\"", &format!("http = \"{other}\""));
     dir.write(&text);
-    assert!(eventually(Duration::from_secs(3), || lb.control().generation() == 2).await);
+    assert!(eventually(Duration::from_secs(3), || lb.status().generation == 2).await);
     // The rest of the file applied; the listener stayed where it was.
     assert_eq!(lb.table().config().listen.http.unwrap().port(), 0);
     assert_eq!(get(running, "/").await.status, 200);
@@ -419,13 +414,26 @@ async fn sighup_reloads_the_binary() {
         .status()
         .unwrap();
     assert!(status.success());
-    let logged =
-        eventually(Duration::from_secs(3), || {
-            lb.log.lock().unwrap().iter().any(|l| {
-                l.contains("reloaded lb.toml: generation 2, +0 clones, -0 clones, 0 changed")
-            })
+    // The reload line's structured fields: generation, and what was added, removed and
+    // changed (comma-separated names; empty here).
+    let logged = eventually(Duration::from_secs(3), || {
+        lb.log.lock().unwrap().iter().any(|l| {
+            l.contains(" reloaded ")
+                && log_field(l, "generation").as_deref() == Some("2")
+                && log_field(l, "added").as_deref() == Some("")
+                && log_field(l, "removed").as_deref() == Some("")
+                && log_field(l, "changed").as_deref() == Some("")
         })
-        .await;
+    })
+    .await;
     assert!(logged, "{:?}", lb.log.lock().unwrap());
     assert_eq!(get(lb.addr, "/").await.status, 200);
+}
+
+/// The value of `key=value` in a log line (the fmt subscriber's structured fields).
+fn log_field(line: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .map(str::to_string)
 }

@@ -368,18 +368,12 @@ async fn certificate_rotation_applies_to_new_handshakes_only() {
     // The connection opened before the rotation keeps working.
     let resp = open.send_request(get_req("/")).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(lb.control().generation() >= 2);
+    assert!(lb.status().generation >= 2);
 
     // A broken key is a reload error that keeps the current certificate.
     std::fs::write(&certs.key, "not a key").unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || lb
-            .control()
-            .last_error()
-            .is_some())
-        .await
-    );
-    let errors = lb.control().last_error().unwrap();
+    assert!(eventually(Duration::from_secs(5), || lb.status().last_error.is_some()).await);
+    let errors = lb.status().last_error.unwrap();
     assert!(
         errors[0].contains("tls_key") || errors[0].contains("private key"),
         "{errors:?}"

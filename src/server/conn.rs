@@ -17,13 +17,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::deadline::{ConnActivity, DeadlineIo};
+use super::deadline::DeadlineIo;
 use super::prefixed::Prefixed;
 use super::{wait_for, Signal};
-use crate::config::{self, LimitsConfig, ProxyConfig};
-use crate::forward::ClientInfo;
-use crate::proxy::{self, ConnContext};
-use crate::table::SharedTable;
+use crate::config::{self, LimitsConfig};
+use crate::context::{ConnContext, Shared};
+use crate::proxy;
 
 /// How the connection arrived.
 pub(super) enum Transport {
@@ -40,34 +39,27 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     transport: Transport,
-    table: Arc<SharedTable>,
+    shared: Arc<Shared>,
     signal: watch::Receiver<Signal>,
     _held: (mpsc::Sender<()>, Option<OwnedSemaphorePermit>),
 ) {
     let accepted_at = Instant::now();
     let _ = stream.set_nodelay(true);
-    let (proxy_cfg, limits) = {
-        let t = table.load();
-        (*t.proxy(), t.policy().limits)
+    let proto = match transport {
+        Transport::Plain => "http",
+        Transport::Tls(_) => "https",
     };
+    let cx = ConnContext::new(shared, peer, proto, accepted_at);
     // The handshake or detection counts against the header deadline, from accept.
-    let deadline = accepted_at + proxy_cfg.header_read_timeout;
-    let conn = Conn {
-        peer,
-        accepted_at,
-        proxy: proxy_cfg,
-        limits,
-        table,
-        signal,
-    };
+    let deadline = accepted_at + cx.proxy.header_read_timeout;
     // Each way of serving is its own boxed future: the task spawned per connection would
     // otherwise be as large as the largest of them (TLS state, HTTP/2 codec), and an idle
     // plain HTTP/1.1 connection would pay for all of them in memory.
     match transport {
         Transport::Plain => {
             match tokio::time::timeout_at(deadline, Prefixed::detect_h2(stream)).await {
-                Ok(Ok((io, true))) => Box::pin(conn.run_h2(io, "http")).await,
-                Ok(Ok((io, false))) => Box::pin(conn.run_h1(io, "http")).await,
+                Ok(Ok((io, true))) => Box::pin(run_h2(cx, io, signal)).await,
+                Ok(Ok((io, false))) => Box::pin(run_h1(cx, io, signal)).await,
                 _ => tracing::debug!(client = %peer, "connection closed before its first request"),
             }
         }
@@ -76,9 +68,9 @@ pub(super) async fn serve(
             match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await {
                 Ok(Ok(tls)) => {
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        Box::pin(conn.run_h2(tls, "https")).await;
+                        Box::pin(run_h2(cx, tls, signal)).await;
                     } else {
-                        Box::pin(conn.run_h1(tls, "https")).await;
+                        Box::pin(run_h1(cx, tls, signal)).await;
                     }
                 }
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
@@ -88,15 +80,6 @@ pub(super) async fn serve(
             }
         }
     }
-}
-
-struct Conn {
-    peer: SocketAddr,
-    accepted_at: Instant,
-    proxy: ProxyConfig,
-    limits: LimitsConfig,
-    table: Arc<SharedTable>,
-    signal: watch::Receiver<Signal>,
 }
 
 /// Serve `$conn` (a hyper connection future) until it ends; on a graceful stop, let it
@@ -126,66 +109,56 @@ macro_rules! drive {
     }};
 }
 
-impl Conn {
-    /// The connection's deadlines, and the context every request on it is served with.
-    fn prepare<I>(
-        &self,
-        io: I,
-        proto: &'static str,
-        multiplexed: bool,
-    ) -> (DeadlineIo<I>, Arc<ConnContext>) {
-        let activity = Arc::new(ConnActivity::default());
-        let io = DeadlineIo::new(
-            io,
-            Arc::clone(&activity),
-            self.proxy.idle_timeout,
-            self.proxy.header_read_timeout,
-            self.accepted_at,
-            multiplexed,
-        );
-        let cx = Arc::new(ConnContext {
-            table: Arc::clone(&self.table),
-            client: ClientInfo::new(self.peer, proto),
-            activity,
-        });
-        (io, cx)
-    }
+/// The connection's deadlines around its socket, and the context every request on it is
+/// served with.
+fn prepare<I>(cx: ConnContext, io: I, multiplexed: bool) -> (DeadlineIo<I>, Arc<ConnContext>) {
+    let io = DeadlineIo::new(
+        io,
+        Arc::clone(&cx.activity),
+        cx.proxy.idle_timeout,
+        cx.proxy.header_read_timeout,
+        cx.accepted_at,
+        multiplexed,
+    );
+    (io, Arc::new(cx))
+}
 
-    async fn run_h1<I>(self, io: I, proto: &'static str)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (io, cx) = self.prepare(io, proto, false);
-        let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
-        let builder = http1_builder(&self.limits);
-        drive!(
-            builder
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades(),
-            self.signal,
-            self.peer
-        );
-    }
-
-    async fn run_h2<I>(self, io: I, proto: &'static str)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (io, cx) = self.prepare(io, proto, true);
-        let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        // hyper's limits on pending and locally reset streams (rapid-reset floods) stay at
-        // their defaults, which are on.
+async fn run_h1<I>(cx: ConnContext, io: I, signal: watch::Receiver<Signal>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = http1_builder(&cx.limits);
+    let peer = cx.peer;
+    let (io, cx) = prepare(cx, io, false);
+    let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
+    drive!(
         builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.proxy.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(self.limits.max_header_size).unwrap_or(u32::MAX));
-        drive!(
-            builder.serve_connection(TokioIo::new(io), service),
-            self.signal,
-            self.peer
-        );
-    }
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades(),
+        signal,
+        peer
+    );
+}
+
+async fn run_h2<I>(cx: ConnContext, io: I, signal: watch::Receiver<Signal>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // hyper's limits on pending and locally reset streams (rapid-reset floods) stay at
+    // their defaults, which are on.
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cx.proxy.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cx.limits.max_header_size).unwrap_or(u32::MAX));
+    let peer = cx.peer;
+    let (io, cx) = prepare(cx, io, true);
+    let service = service_fn(move |req| proxy::handle(req, Arc::clone(&cx)));
+    drive!(
+        builder.serve_connection(TokioIo::new(io), service),
+        signal,
+        peer
+    );
 }
 
 fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {

@@ -21,7 +21,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -71,28 +70,7 @@ macro_rules! delegate_async_write {
     };
 }
 
-/// Shared between a connection's I/O wrapper and its service.
-#[derive(Debug, Default)]
-pub struct ConnActivity {
-    requests: AtomicU32,
-}
-
-/// Marks a request in progress on its client connection until dropped.
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<ConnActivity>);
-
-impl ActiveRequest {
-    pub fn new(activity: &Arc<ConnActivity>) -> Self {
-        activity.requests.fetch_add(1, Relaxed);
-        ActiveRequest(Arc::clone(activity))
-    }
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, Relaxed);
-    }
-}
+pub use crate::context::{ActiveRequest, ConnActivity};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -157,7 +135,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.activity.requests.load(Relaxed) > 0 {
+        if this.activity.in_progress() {
             this.phase = Phase::Busy;
         } else if this.phase == Phase::Busy {
             this.phase = Phase::Idle {

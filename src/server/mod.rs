@@ -1,4 +1,4 @@
-//! Listeners and client connections.
+//! Worker threads, listeners and client connections.
 //!
 //! One worker thread per core, each with its own `current_thread` tokio runtime and its own
 //! `SO_REUSEPORT` listener on the same address; the kernel spreads new connections over
@@ -10,6 +10,10 @@
 //! connection (TLS handshake or HTTP/2 detection, then hyper's HTTP/1.1 or HTTP/2 server)
 //! under the per-connection deadlines of [`crate::deadline`], and stops it gracefully on
 //! shutdown.
+//!
+//! Owns: the worker threads and their runtimes, listening sockets, client connections and
+//! their deadlines. Must not touch: the table's contents or any clone's state (requests
+//! are handed to [`crate::proxy::handle`]), the control plane.
 
 mod conn;
 pub mod deadline;
@@ -20,12 +24,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::table::SharedTable;
+use crate::context::Shared;
+use crate::error::StartError;
 
 /// What the workers are told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +55,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
-}
-
-/// What the workers share: the routing table and the current TLS configuration (both
-/// swapped whole by reload).
-#[derive(Debug)]
-pub struct Shared {
-    pub table: Arc<SharedTable>,
-    pub tls: Arc<ArcSwapOption<ServerConfig>>,
 }
 
 /// One worker's listening sockets.
@@ -97,7 +92,7 @@ pub async fn serve(
                         stream,
                         peer,
                         transport,
-                        Arc::clone(&shared.table),
+                        Arc::clone(&shared),
                         signal.clone(),
                         (done.clone(), permit),
                     ));
@@ -122,16 +117,19 @@ pub async fn serve(
     drop(listeners);
     drop(done);
     if *signal.borrow() == Signal::Abort {
+        shared.start_cutting();
         return;
     }
     let grace = shared.table.load().proxy().shutdown_timeout;
     tokio::select! {
-        _ = all_done.recv() => {}
+        _ = all_done.recv() => return,
         _ = tokio::time::sleep(grace) => {
-            tracing::warn!(timeout = ?grace, "shutdown_timeout passed; closing the remaining connections");
+            tracing::warn!(timeout = %humantime::format_duration(grace), "shutdown_timeout passed; closing the remaining connections");
         }
         _ = wait_for(&mut signal, Signal::Abort) => {}
     }
+    // What is still open is dropped with this worker's runtime: recorded as cut.
+    shared.start_cutting();
 }
 
 /// A connection from either listener, then a slot for it under `[limits]
@@ -169,4 +167,108 @@ async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Soc
 pub(crate) async fn wait_for(signal: &mut watch::Receiver<Signal>, want: Signal) {
     // An error means the sender is gone: nobody can ask for anything any more.
     let _ = signal.wait_for(|s| *s == want).await;
+}
+
+/// The running workers: their threads and the addresses they bound.
+pub struct Workers {
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+}
+
+/// Start `count` worker threads (at least 1), each with its own `current_thread` runtime
+/// and `SO_REUSEPORT` listeners. The first binds the configured addresses (resolving port
+/// 0); the others bind the addresses it got. Returns once all are listening.
+pub fn start(
+    (http, https): (Option<SocketAddr>, Option<SocketAddr>),
+    count: usize,
+    shared: &Arc<Shared>,
+    signal: &watch::Sender<Signal>,
+    max_connections: u64,
+) -> Result<Workers, StartError> {
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(max_connections)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    let mut workers = Workers {
+        threads: Vec::new(),
+        http,
+        https,
+    };
+    for i in 0..count.max(1) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let addrs = (workers.http, workers.https);
+        let shared = Arc::clone(shared);
+        let signal = signal.subscribe();
+        let slots = Arc::clone(&slots);
+        let handle = std::thread::Builder::new()
+            .name(format!("clonelb-worker-{i}"))
+            .spawn(move || worker(addrs, shared, signal, slots, tx))
+            .map_err(StartError::Thread)?;
+        workers.threads.push(handle);
+        match rx.recv() {
+            Ok(Ok((http, https))) => {
+                workers.http = http;
+                workers.https = https;
+            }
+            Ok(Err((address, source))) => return Err(StartError::Bind { address, source }),
+            Err(_) => {
+                return Err(StartError::Thread(io::Error::other(
+                    "worker thread exited before binding",
+                )))
+            }
+        }
+    }
+    Ok(workers)
+}
+
+/// The bound (http, https) addresses, or the address that could not be bound and why.
+type BindResult = Result<(Option<SocketAddr>, Option<SocketAddr>), (SocketAddr, io::Error)>;
+
+fn worker(
+    (http, https): (Option<SocketAddr>, Option<SocketAddr>),
+    shared: Arc<Shared>,
+    signal: watch::Receiver<Signal>,
+    slots: Arc<Semaphore>,
+    bound: std::sync::mpsc::Sender<BindResult>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let at = http
+                .or(https)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let _ = bound.send(Err((at, e)));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let bind_one = |addr: Option<SocketAddr>| -> Result<_, (SocketAddr, io::Error)> {
+            let Some(addr) = addr else {
+                return Ok((None, None));
+            };
+            let l = bind(addr).map_err(|e| (addr, e))?;
+            let local = l.local_addr().map_err(|e| (addr, e))?;
+            Ok((Some(l), Some(local)))
+        };
+        let listeners =
+            bind_one(http).and_then(|(h, hl)| bind_one(https).map(|(s, sl)| ((h, hl), (s, sl))));
+        let ((http_l, http_local), (https_l, https_local)) = match listeners {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        let _ = bound.send(Ok((http_local, https_local)));
+        let listeners = Listeners {
+            http: http_l,
+            https: https_l,
+        };
+        serve(listeners, shared, signal, slots).await;
+    });
 }

@@ -1,22 +1,16 @@
-//! Sending one request to one clone: get a connection from the clone's own pool or open one
-//! (under `connect_timeout`) *before* the request is handed over, so a failed connect
-//! leaves the request and its body untouched for another clone; rewrite the request for
-//! the clone (origin-form target, hop-by-hop headers removed, `X-Forwarded-*` set); send it
-//! under `response_timeout`.
-
-use std::net::SocketAddr;
-use std::time::Duration;
+//! Checking a client request and rewriting it for a clone: framing rules (RFC 9112),
+//! `[limits]`, Host, origin-form target, hop-by-hop headers removed, `X-Forwarded-*` set.
+//!
+//! Owns: what a request may look like on its way to a clone. Must not touch: clones,
+//! connections, the table (it reads only the policy it is given).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Uri, Version};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use crate::backend::BackendState;
-use crate::config::{LimitsConfig, ProxyConfig};
-use crate::error::{BodyError, ProxyError, RequestError};
-use crate::idle::Sender;
+use crate::context::ConnContext;
+use crate::error::RequestError;
+use crate::table::Policy;
 use crate::upstream_body::{ClientBody, UpstreamBody};
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
@@ -35,27 +29,6 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// What the balancer knows about the client connection, computed once per connection.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// The client's IP as an `X-Forwarded-For` element.
-    pub forwarded_for: HeaderValue,
-    /// "http" or "https".
-    pub proto: HeaderValue,
-}
-
-impl ClientInfo {
-    pub fn new(peer: SocketAddr, proto: &'static str) -> Self {
-        let ip = peer.ip().to_canonical().to_string();
-        ClientInfo {
-            // An IP address is always a valid header value.
-            forwarded_for: HeaderValue::from_str(&ip)
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            proto: HeaderValue::from_static(proto),
-        }
-    }
-}
 
 /// Which of the headers the request path cares about are present: one pass over the
 /// names (standard names compare as small integers), so the common request, which has
@@ -128,14 +101,14 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Check a client request against the framing rules and `[limits]`, and rewrite it for a
 /// clone: origin-form target, hop-by-hop headers removed, `X-Forwarded-*` set. Done once per
-/// request, before a clone is picked.
+/// request, before a clone is picked (so a rejected request touches no clone).
 pub fn prepare(
     req: Request<Incoming>,
-    client: &ClientInfo,
-    proxy: &ProxyConfig,
-    limits: &LimitsConfig,
+    client: &ConnContext,
+    policy: &Policy,
     websocket: bool,
 ) -> Result<Prepared, RequestError> {
+    let (proxy, limits) = (&policy.proxy, &policy.limits);
     let (mut parts, body) = req.into_parts();
     let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len as u64 > limits.max_request_line {
@@ -304,142 +277,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-}
-
-/// A connection to a clone, ready for one request.
-pub struct Connection {
-    pub sender: Sender,
-    /// Taken from the pool (it may have been closed by the clone meanwhile).
-    pub reused: bool,
-}
-
-/// An idle pooled connection to the clone, or a new one opened within `timeout`.
-///
-/// The common case, a pooled connection ready for a request, is answered without an
-/// `.await`; everything else runs in a boxed future, so the request's own future (moved
-/// into hyper for every request) stays small.
-pub async fn connect(
-    state: &BackendState,
-    timeout: Duration,
-    use_pool: bool,
-) -> Result<Connection, ProxyError> {
-    if use_pool {
-        if let Some(sender) = state.idle.take_ready() {
-            return Ok(Connection {
-                sender,
-                reused: true,
-            });
-        }
-    }
-    Box::pin(connect_slow(state, timeout, use_pool)).await
-}
-
-async fn connect_slow(
-    state: &BackendState,
-    timeout: Duration,
-    use_pool: bool,
-) -> Result<Connection, ProxyError> {
-    if use_pool {
-        while let Some(mut sender) = state.idle.take() {
-            // Returned at the end of a body and not done with its bookkeeping yet: `ready()`
-            // waits for its connection task to run (or reports it closed). No timer: that
-            // wait involves no network, and a timer per wait cost measurable CPU when 256
-            // busy connections kept the pool's connections from getting ready in time.
-            if sender.ready().await.is_ok() {
-                return Ok(Connection {
-                    sender,
-                    reused: true,
-                });
-            }
-        }
-    }
-    let address = state.address();
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(ProxyError::Connect { address, source }),
-        Err(_) => return Err(ProxyError::ConnectTimeout { address, timeout }),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        // One write() of head and body rather than writev: measured 5 % less CPU per
-        // request on the loopback benchmark.
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ProxyError::Upstream { address, source })?;
-    let task = tokio::spawn(async move {
-        // with_upgrades: after a 101 the connection hands its socket to a WebSocket tunnel.
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(clone = %address, error = %e, "upstream connection ended");
-        }
-    });
-    // So the end of a drain can close it (see BackendState::cut_connections).
-    state.track_connection(task.abort_handle());
-    Ok(Connection {
-        sender,
-        reused: false,
-    })
-}
-
-/// Why a send failed, and the request back when it never left the balancer.
-pub struct SendFailure {
-    pub error: ProxyError,
-    pub request: Option<Request<UpstreamBody>>,
-}
-
-/// Send `req` and wait for the response head, at most `timeout`.
-pub async fn send(
-    conn: &mut Connection,
-    req: Request<UpstreamBody>,
-    address: SocketAddr,
-    timeout: Duration,
-) -> Result<Response<Incoming>, SendFailure> {
-    match tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await {
-        Ok(Ok(mut resp)) => {
-            let headers = resp.headers_mut();
-            if headers.contains_key(header::TRANSFER_ENCODING)
-                && headers.contains_key(header::CONTENT_LENGTH)
-            {
-                // Both framings: a sign of response splitting (RFC 9112 §6.3). Not passed on;
-                // dropping the response closes its connection.
-                return Err(SendFailure {
-                    error: ProxyError::BadResponse {
-                        address,
-                        reason: "both Content-Length and Transfer-Encoding",
-                    },
-                    request: None,
-                });
-            }
-            strip_hop_by_hop(headers);
-            Ok(resp)
-        }
-        Ok(Err(mut e)) => {
-            let request = e.take_message();
-            let source = e.into_error();
-            let error = match body_error(&source) {
-                // The client's body failed (too large, stalled, cut): not the clone's doing.
-                Some(b) => ProxyError::Rejected(b.as_request_error()),
-                None => ProxyError::Upstream { address, source },
-            };
-            Err(SendFailure { error, request })
-        }
-        Err(_) => Err(SendFailure {
-            error: ProxyError::ResponseTimeout { address, timeout },
-            request: None,
-        }),
-    }
-}
-
-/// Our own [`BodyError`] inside hyper's error chain, if that is what failed.
-fn body_error(e: &hyper::Error) -> Option<&BodyError> {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<BodyError>() {
-            return Some(b);
-        }
-        source = s.source();
-    }
-    None
 }
 
 #[cfg(test)]

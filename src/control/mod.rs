@@ -1,0 +1,355 @@
+//! The control plane: everything that changes at run time, in one place.
+//!
+//! [`ControlState`] is the only writer of the routing table and the TLS configuration.
+//! It owns the generation, `loaded_at`, the last error, the drain list and its reaper, and
+//! keeps the health checkers in step with the clones. One entry point applies a new
+//! desired state, [`ControlState::publish`] (its [`Inputs`]: the validated lb.toml today;
+//! discovered clones and admin overrides plug in here); one read-only view,
+//! [`ControlState::status`], tells everyone else what is running. The file side (watch,
+//! read, parse, then `publish`) is [`crate::reload`]; the runtime it all runs on and the
+//! signal handlers are [`runtime`].
+//!
+//! A publish is a transaction: build a new table (reusing the state of every clone whose
+//! address is unchanged, and of a draining clone that is added back), then one atomic
+//! store. A clone the new table no longer has is *drained*: it gets no new request from
+//! the instant of the swap, its idle connections are closed, requests in flight on it
+//! finish, and it is dropped once its in-flight count is zero, or cut at `drain_timeout`.
+//!
+//! Owns: the table's `ArcSwap`, the TLS `ArcSwapOption`, generation, drains, health
+//! checker tasks. Must not touch: files (reload reads them), sockets of the request path,
+//! per-request state.
+
+pub mod runtime;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::ServerConfig;
+use tokio::time::Instant;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::health::HealthChecks;
+use crate::table::{RoutingTable, SharedTable};
+
+pub use status::{CloneState, CloneStatus, Counters, Status};
+
+/// How often draining clones are looked at.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// Names listed per field in the reload log line; the rest are counted.
+const LOGGED_NAMES: usize = 10;
+
+/// A desired state to publish.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The validated lb.toml.
+    pub config: Config,
+    /// Its TLS configuration (`None` without an HTTPS listener).
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// What a successful publish changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub generation: u64,
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+}
+
+/// A clone removed from the table, finishing its requests.
+#[derive(Debug)]
+struct Draining {
+    backend: Backend,
+    deadline: Instant,
+}
+
+/// The run-time state of a balancer. Lives on the control runtime; the request path never
+/// touches its lock (it reads only the table and the TLS configuration, lock-free).
+pub struct ControlState {
+    table: Arc<SharedTable>,
+    tls: Arc<ArcSwapOption<ServerConfig>>,
+    rt: tokio::runtime::Handle,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    generation: u64,
+    loaded_at: SystemTime,
+    last_error: Option<Vec<String>>,
+    draining: Vec<Draining>,
+    health: HealthChecks,
+}
+
+impl ControlState {
+    /// Generation 1 of `inputs`. Starts the health checkers and the drain reaper on `rt`.
+    pub fn new(inputs: Inputs, rt: tokio::runtime::Handle) -> Arc<ControlState> {
+        let state = Arc::new(ControlState {
+            table: Arc::new(ArcSwap::from_pointee(RoutingTable::build(
+                &inputs.config,
+                None,
+            ))),
+            tls: Arc::new(ArcSwapOption::new(inputs.tls)),
+            rt,
+            inner: Mutex::new(Inner {
+                generation: 1,
+                loaded_at: SystemTime::now(),
+                last_error: None,
+                draining: Vec::new(),
+                health: HealthChecks::default(),
+            }),
+        });
+        state.sync_health(&mut state.lock());
+        let weak = Arc::downgrade(&state);
+        state.rt.spawn(async move {
+            let mut tick = tokio::time::interval(DRAIN_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(state) = weak.upgrade() else { return };
+                state.reap_drained();
+            }
+        });
+        state
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The table every worker reads (for the workers' shared context).
+    pub fn table(&self) -> &Arc<SharedTable> {
+        &self.table
+    }
+
+    /// The HTTPS listener's configuration (for the workers' shared context).
+    pub fn tls(&self) -> &Arc<ArcSwapOption<ServerConfig>> {
+        &self.tls
+    }
+
+    /// The control runtime.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
+    /// Apply a new desired state: swap in a table for it, start draining what it no longer
+    /// has, sync the health checkers, clear the last error. Logs one line naming what
+    /// changed. Settings that need a restart keep their running values (logged).
+    pub fn publish(&self, inputs: Inputs) -> Summary {
+        let mut inner = self.lock();
+        let Inputs { mut config, tls } = inputs;
+        let old = self.table.load_full();
+        let running = old.config();
+        keep_restart_only_settings(&mut config, running);
+        // A new certificate is used for new handshakes; open connections keep theirs. With
+        // no https listener running there is nothing to give it to.
+        if running.listen.https.is_some() {
+            self.tls.store(tls);
+        }
+        // A clone coming back while it drains gets its state (and connections) back.
+        let new = RoutingTable::build_reusing(&config, |addr| {
+            old.find(addr)
+                .or_else(|| {
+                    inner
+                        .draining
+                        .iter()
+                        .map(|d| &d.backend)
+                        .find(|b| b.address == addr)
+                })
+                .map(|b| Arc::clone(&b.state))
+        });
+        let mut added: Vec<&str> = Vec::new();
+        let mut changed: Vec<&str> = Vec::new();
+        for b in new.backends() {
+            match old.find(b.address) {
+                None => added.push(&b.name),
+                Some(o) if o.name != b.name || o.weight != b.weight => changed.push(&b.name),
+                Some(_) => {}
+            }
+        }
+        let back: Vec<SocketAddr> = new.backends().iter().map(|b| b.address).collect();
+        inner.draining.retain(|d| {
+            let is_back = back.contains(&d.backend.address);
+            if is_back {
+                d.backend.state.set_draining(false);
+            }
+            !is_back
+        });
+        let removed: Vec<Backend> = old
+            .backends()
+            .iter()
+            .filter(|b| new.find(b.address).is_none())
+            .cloned()
+            .collect();
+        let removed_names: Vec<&str> = removed.iter().map(|b| &*b.name).collect();
+        let summary = Summary {
+            generation: inner.generation + 1,
+            added: added.len(),
+            removed: removed.len(),
+            changed: changed.len(),
+        };
+        tracing::info!(
+            generation = summary.generation,
+            added = %name_list(&added),
+            removed = %name_list(&removed_names),
+            changed = %name_list(&changed),
+            "reloaded"
+        );
+
+        let new = Arc::new(new);
+        let drain_timeout = new.proxy().drain_timeout;
+        self.table.store(new);
+
+        let deadline = Instant::now() + drain_timeout;
+        for b in &removed {
+            b.state.set_draining(true);
+            tracing::info!(clone = %b.name, address = %b.address, in_flight = b.state.in_flight(), "clone removed; draining");
+            inner.draining.push(Draining {
+                backend: b.clone(),
+                deadline,
+            });
+        }
+        inner.generation = summary.generation;
+        inner.loaded_at = SystemTime::now();
+        inner.last_error = None;
+        self.sync_health(&mut inner);
+        summary
+    }
+
+    /// A new desired state could not be had (unreadable or invalid file): keep serving the
+    /// running one, log the problems and keep them as the last error until the next
+    /// success.
+    pub fn reject(&self, lines: Vec<String>) {
+        let mut inner = self.lock();
+        tracing::error!(
+            generation = inner.generation,
+            "reload failed; still serving the previous configuration"
+        );
+        for l in &lines {
+            tracing::error!("{l}");
+        }
+        inner.last_error = Some(lines);
+    }
+
+    /// What is running now.
+    pub fn status(&self) -> Status {
+        let inner = self.lock();
+        let table = self.table.load();
+        let mut backends: Vec<CloneStatus> = table
+            .backends()
+            .iter()
+            .map(|b| CloneStatus::of(&b.name, b.weight, &b.state, false))
+            .collect();
+        backends.extend(inner.draining.iter().map(|d| {
+            let b = &d.backend;
+            CloneStatus::of(&b.name, b.weight, &b.state, true)
+        }));
+        Status {
+            generation: inner.generation,
+            loaded_at: inner.loaded_at,
+            last_error: inner.last_error.clone(),
+            strategy: table.picker().kind(),
+            backends,
+        }
+    }
+
+    /// Checkers follow the table and the drain list: a removed clone is checked until it
+    /// is dropped.
+    fn sync_health(&self, inner: &mut Inner) {
+        let table = self.table.load();
+        let mut clones: Vec<Backend> = table.backends().to_vec();
+        clones.extend(inner.draining.iter().map(|d| d.backend.clone()));
+        inner
+            .health
+            .sync(&self.rt, table.config().health.as_ref(), &clones);
+    }
+
+    /// Drop draining clones that are idle, or whose drain_timeout passed.
+    fn reap_drained(&self) {
+        let mut inner = self.lock();
+        if inner.draining.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let before = inner.draining.len();
+        inner.draining.retain(|d| {
+            let in_flight = d.backend.state.in_flight();
+            if in_flight == 0 {
+                tracing::info!(clone = %d.backend.name, address = %d.backend.address, "clone drained and dropped");
+                return false;
+            }
+            if now >= d.deadline {
+                tracing::warn!(
+                    clone = %d.backend.name,
+                    address = %d.backend.address,
+                    in_flight,
+                    "drain_timeout passed; cutting the requests still in flight"
+                );
+                d.backend.state.cut_connections();
+                return false;
+            }
+            true
+        });
+        if inner.draining.len() != before {
+            self.sync_health(&mut inner);
+        }
+    }
+
+    /// Stop the health checkers (at shutdown).
+    pub fn stop(&self) {
+        self.lock().health.stop_all();
+    }
+}
+
+/// Listener addresses and `max_connections` are bound at start: a reload keeps the running
+/// values and says so.
+fn keep_restart_only_settings(config: &mut Config, running: &Config) {
+    if config.listen.addresses() != running.listen.addresses() {
+        tracing::warn!(
+            running = %listeners(running),
+            configured = %listeners(config),
+            "listen.http and listen.https cannot change without a restart; keeping the running listeners"
+        );
+        config.listen.http = running.listen.http;
+        config.listen.https = running.listen.https;
+    }
+    if config.limits.max_connections != running.limits.max_connections {
+        tracing::warn!(
+            running = running.limits.max_connections,
+            configured = config.limits.max_connections,
+            "limits.max_connections cannot change without a restart; keeping the running limit"
+        );
+        config.limits.max_connections = running.limits.max_connections;
+    }
+}
+
+/// `http=127.0.0.1:8080 https=none`, for people.
+fn listeners(config: &Config) -> String {
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "none".to_string(), |a| a.to_string());
+    format!(
+        "http={} https={}",
+        show(config.listen.http),
+        show(config.listen.https)
+    )
+}
+
+/// `a,b,c`, at most [`LOGGED_NAMES`] names, then ` and N more`; empty for none.
+fn name_list(names: &[&str]) -> String {
+    let mut s = names
+        .iter()
+        .take(LOGGED_NAMES)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",");
+    if names.len() > LOGGED_NAMES {
+        s.push_str(&format!(" and {} more", names.len() - LOGGED_NAMES));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! The read-only view of a running balancer ([`Status`]): what the admin API, the logs
+//! and tests read. Built on demand by [`super::ControlState::status`] from the table, the
+//! drain list and each clone's atomics; holds no reference into them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::backend::{BackendState, STATUS_CLASSES};
+use crate::config::StrategyKind;
+
+/// A snapshot of the balancer's run-time state.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Successful loads so far, counting the first: 1, 2, 3 …
+    pub generation: u64,
+    /// When the running configuration was published.
+    pub loaded_at: SystemTime,
+    /// The error lines of the last reload, if it failed (cleared by the next success).
+    pub last_error: Option<Vec<String>>,
+    pub strategy: StrategyKind,
+    /// The table's clones in lb.toml order, then the clones still draining.
+    pub backends: Vec<CloneStatus>,
+}
+
+impl Status {
+    /// The clone named `name` (table clones first).
+    pub fn clone_named(&self, name: &str) -> Option<&CloneStatus> {
+        self.backends.iter().find(|c| &*c.name == name)
+    }
+
+    /// The clone at `address` (table clones first).
+    pub fn clone_at(&self, address: SocketAddr) -> Option<&CloneStatus> {
+        self.backends.iter().find(|c| c.address == address)
+    }
+
+    /// Clones removed by a reload that are still finishing requests.
+    pub fn draining(&self) -> impl Iterator<Item = &CloneStatus> {
+        self.backends
+            .iter()
+            .filter(|c| c.state == CloneState::Draining)
+    }
+}
+
+/// One clone as [`Status`] shows it.
+#[derive(Debug, Clone)]
+pub struct CloneStatus {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub state: CloneState,
+    /// Requests (and WebSocket tunnels) on it right now.
+    pub in_flight: usize,
+    pub counters: Counters,
+}
+
+/// What a clone is doing, as one word. When several apply, the first of draining,
+/// disabled, down wins (a disabled clone that also fails its checks shows `disabled`:
+/// ops put it there, and it gets no traffic either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloneState {
+    Up,
+    Down,
+    Draining,
+    Disabled,
+}
+
+impl CloneState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloneState::Up => "up",
+            CloneState::Down => "down",
+            CloneState::Draining => "draining",
+            CloneState::Disabled => "disabled",
+        }
+    }
+
+    fn of(state: &BackendState, draining: bool) -> CloneState {
+        if draining || state.is_draining() {
+            CloneState::Draining
+        } else if state.is_disabled() {
+            CloneState::Disabled
+        } else if state.is_down() {
+            CloneState::Down
+        } else {
+            CloneState::Up
+        }
+    }
+}
+
+impl std::fmt::Display for CloneState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A clone's counters since it was first configured (they survive reloads that keep its
+/// address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Client requests answered from this clone (each counted once).
+    pub requests: u64,
+    /// Those requests by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub responses: [u64; STATUS_CLASSES],
+    /// Attempts sent to it, retries included.
+    pub attempts: u64,
+    pub failures: u64,
+    /// Failed attempts on it that were retried elsewhere.
+    pub retries: u64,
+    pub ejections: u64,
+}
+
+impl CloneStatus {
+    pub(super) fn of(
+        name: &Arc<str>,
+        weight: u32,
+        state: &BackendState,
+        draining: bool,
+    ) -> CloneStatus {
+        let responses = state.responses_by_class();
+        CloneStatus {
+            name: Arc::clone(name),
+            address: state.address(),
+            weight,
+            state: CloneState::of(state, draining),
+            in_flight: state.in_flight(),
+            counters: Counters {
+                requests: responses.iter().sum(),
+                responses,
+                attempts: state.attempts_total(),
+                failures: state.failures_total(),
+                retries: state.retries_total(),
+                ejections: state.ejections_total(),
+            },
+        }
+    }
+}

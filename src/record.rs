@@ -1,0 +1,118 @@
+//! One record per finished request, and the one hook that receives it.
+//!
+//! When a request ends — its response body finished, the client went away, a drain or a
+//! shutdown cut it, or clonelb answered the error itself — exactly one [`RequestRecord`]
+//! is built (on the stack; the default path allocates nothing) and handed to
+//! [`Completion::complete`]. Its consumers: the per-clone counters by status class (always
+//! on, `BackendState` atomics), and an optional [`Hook`] (tests today; metrics, the access
+//! log and the audit plug in here).
+//!
+//! hyper's own answers to malformed request heads (its 400 and 431, sent before clonelb's
+//! service is called) produce no record: clonelb never sees those requests.
+//!
+//! Owns: the record's shape and the dispatch. Must not touch: anything but the counters
+//! a record names; consumers must not block or allocate per record unless configured to.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::backend::BackendState;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The clone's answer reached the client whole (for a WebSocket: the tunnel closed).
+    Complete,
+    /// The client went away before the answer was whole (before the head: status 499).
+    ClientAborted,
+    /// The clone failed mid-body (reset, bad framing) after its head was sent.
+    UpstreamError,
+    /// clonelb cut it: a drain's `drain_timeout` or the end of `shutdown_timeout`.
+    Cut,
+    /// clonelb answered it itself: a rejected request (4xx), no clone available (503), or
+    /// the last attempt's failure (502/504).
+    ClonelbError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Cut => "cut",
+            Outcome::ClonelbError => "clonelb_error",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status recorded for a client that left before any answer (nginx's convention).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// One finished request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRecord<'a> {
+    /// The clone whose attempt produced the answer (for clonelb's own 502/504, the last
+    /// clone tried); `None` when no clone was tried (rejected request, none available).
+    /// Its name is `clone.name()`, its address `clone.address()`.
+    pub clone: Option<&'a BackendState>,
+    pub method: &'a Method,
+    /// The status sent to the client ([`CLIENT_CLOSED_REQUEST`] when none was).
+    pub status: u16,
+    /// Response body bytes sent to the client (for a WebSocket: clone-to-client bytes).
+    pub bytes: u64,
+    /// From the start of the request to the response head, when there was one.
+    pub head_time: Option<Duration>,
+    /// From the start of the request (its head parsed) to its end.
+    pub duration: Duration,
+    /// Attempts made on clones (0 when none was tried; 1 + retries otherwise).
+    pub attempts: u32,
+    pub client: SocketAddr,
+    pub outcome: Outcome,
+}
+
+/// A consumer of every record. Called on the worker thread that served the request, once
+/// per request: it must be quick and must not block.
+pub type Hook = Arc<dyn Fn(&RequestRecord<'_>) + Send + Sync>;
+
+/// The completion hook of a balancer: the per-clone status-class counters, then the
+/// optional [`Hook`].
+#[derive(Clone, Default)]
+pub struct Completion {
+    hook: Option<Hook>,
+}
+
+impl Completion {
+    pub fn new(hook: Option<Hook>) -> Self {
+        Completion { hook }
+    }
+
+    /// Hand one finished request to every consumer.
+    #[inline]
+    pub fn complete(&self, record: &RequestRecord<'_>) {
+        if let Some(clone) = record.clone {
+            clone.count_response(record.status);
+        }
+        if let Some(hook) = &self.hook {
+            hook(record);
+        }
+    }
+}
+
+impl fmt::Debug for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
