@@ -48,14 +48,19 @@ async fn killed_clone_costs_no_errors_is_marked_down_and_comes_back() {
     });
 
     assert!(eventually(Duration::from_secs(30), || sent.load(SeqCst) >= 300).await);
+    let failures_before = state.failures_total();
     b.kill();
-    let killed_at = Instant::now();
+    // Generous: about 3 × 220 + 100 ms are expected; a busy machine may take longer.
     assert!(eventually(Duration::from_secs(5), || state.is_down()).await);
-    let down_after = killed_at.elapsed();
-    // unhealthy_threshold × interval (+10 % jitter) + timeout, plus scheduling slack.
+    // Was "down within 960 ms", which a busy 2-core machine can break. What it meant: the
+    // clone is taken out promptly, at a threshold, not after failures pile up. Killed, it
+    // cannot count checks, so count the real requests that failed on it: at most the
+    // passive threshold (3), whether the checker (unhealthy_threshold, whose exact count is
+    // unit-tested in src/health.rs) or the request path took it out first.
+    let failed_on_b = state.failures_total() - failures_before;
     assert!(
-        down_after <= Duration::from_millis(3 * 220 + 100 + 200),
-        "marked down after {down_after:?}"
+        failed_on_b <= 3,
+        "{failed_on_b} requests failed on the killed clone before it was marked down"
     );
 
     let bad = load.await.unwrap();
@@ -81,27 +86,34 @@ async fn hung_clone_answers_504_then_is_marked_down_and_skipped() {
         config_text(
             "round-robin",
             &[(&mute, 1), (&ok, 1)],
-            "response_timeout = \"300ms\"",
+            // Long, so "not waited on" below can be a bound no busy machine breaks.
+            "response_timeout = \"4s\"",
         ),
         "[health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 2\n",
     ));
+    let response_timeout = Duration::from_secs(4);
     // The first pick is the first clone: the mute one.
     let t = Instant::now();
     let first = get(lb.http_addr(), "/").await;
     assert_eq!(first.status, 504, "{}", first.text());
-    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert!(t.elapsed() >= response_timeout);
 
     let state = lb.table().find(mute.addr).unwrap().state.clone();
     assert!(eventually(Duration::from_secs(3), || state.is_down()).await);
+    let sent_to_mute = state.requests_total();
     let mut client = Client::connect(lb.http_addr()).await;
     for _ in 0..20 {
         let t = Instant::now();
         let a = client.get("/").await;
         assert_eq!((a.status.as_u16(), a.clone_name().as_str()), (200, "ok"));
-        assert!(
-            t.elapsed() < Duration::from_millis(250),
-            "{:?}",
-            t.elapsed()
+        // Was "< 250 ms" (breakable on a busy machine); a GET that waited on the mute
+        // clone would take response_timeout (4 s), so half of it still tells them apart.
+        assert!(t.elapsed() < response_timeout / 2, "{:?}", t.elapsed());
+        // And the timing-free form: the down clone was not even picked.
+        assert_eq!(
+            state.requests_total(),
+            sent_to_mute,
+            "a down clone was tried"
         );
     }
 }
@@ -249,19 +261,24 @@ async fn post_whose_body_started_is_never_retried_but_a_bodiless_get_is() {
 async fn all_clones_down_answers_503_without_touching_them() {
     let a = spawn_clone("a");
     let b = spawn_clone("b");
-    let lb = spawn_lb(&config_text("round-robin", &[(&a, 1), (&b, 1)], ""));
+    // Long timeouts: any wait on a clone would last at least connect_timeout (10 s).
+    let lb = spawn_lb(&config_text(
+        "round-robin",
+        &[(&a, 1), (&b, 1)],
+        "connect_timeout = \"10s\"\nresponse_timeout = \"20s\"",
+    ));
     for c in lb.table().backends() {
         c.state.set_down(true);
     }
     let t = Instant::now();
     let r = get(lb.http_addr(), "/").await;
     assert_eq!(r.status, 503);
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t.elapsed()
-    );
+    // Was "< 500 ms" (breakable on a busy machine); half of connect_timeout still shows
+    // that no clone was waited on.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(a.connections() + b.connections(), 0);
+    let t = lb.table();
+    assert!(t.backends().iter().all(|c| c.state.requests_total() == 0));
 }
 
 #[tokio::test]

@@ -208,14 +208,13 @@ async fn hundred_concurrent_h2_streams_are_spread_over_the_clones() {
             .await
             .unwrap();
     tokio::spawn(conn);
-    let started = Instant::now();
     let streams: Vec<_> = (0..100)
         .map(|_| {
             let mut s = sender.clone();
             tokio::spawn(async move {
                 let resp = s
                     .send_request(
-                        Request::get("https://localhost/slow?ms=300")
+                        Request::get("https://localhost/hold")
                             .body(Full::new(Bytes::new()))
                             .unwrap(),
                     )
@@ -228,16 +227,22 @@ async fn hundred_concurrent_h2_streams_are_spread_over_the_clones() {
             })
         })
         .collect();
+    // Concurrent, not one after another: all 100 are parked in the clones at once. (Was
+    // "100 × /slow?ms=300 within 5 s", a wall-clock bound a busy machine can break; the
+    // limit here is only how long to wait for them to arrive.)
+    let held = || clones.iter().map(|c| c.held()).sum::<u64>();
+    assert!(
+        eventually(Duration::from_secs(30), || held() == 100).await,
+        "only {} streams held at once",
+        held()
+    );
+    for c in &clones {
+        c.release();
+    }
     let mut names = Vec::new();
     for s in streams {
         names.push(s.await.unwrap());
     }
-    // Concurrent, not one after another (100 × 300 ms would take 30 s).
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     let t = tally(names);
     assert_eq!(t.values().sum::<u64>(), 100);
     for n in ["a", "b", "c"] {
@@ -350,7 +355,8 @@ async fn certificate_rotation_applies_to_new_handshakes_only() {
     certs.rotate();
     let new = certs.der.clone();
     assert_ne!(old, new);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Generous (was 5 s): the loop ends as soon as the new certificate is served.
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let tls = tls_connect_any(addr).await;
         let seen = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
@@ -454,17 +460,21 @@ async fn a_client_that_never_sends_a_client_hello_is_dropped() {
     let addr = lb.https_addr().unwrap();
     let (n, took) = tokio::task::spawn_blocking(move || {
         use std::io::Read;
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // From before connect: the deadline starts at accept, so the lower bound below
+        // holds however slow this thread is.
         let t = Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let n = s.read(&mut [0u8; 64]).unwrap_or(0);
         (n, t.elapsed())
     })
     .await
     .unwrap();
     assert_eq!(n, 0, "expected the balancer to close the connection");
-    assert!(took >= Duration::from_millis(250), "{took:?}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // Was "< 3 s"; the exact boundary is unit-tested in paused time (server::deadline).
+    // idle_timeout is the default 60 s, so 10 s still shows it was the header deadline.
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
 #[test]

@@ -180,3 +180,175 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
 delegate_async_write!(DeadlineIo);
 
 pub(crate) use delegate_async_write;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncWriteExt, DuplexStream};
+    use tokio::time::advance;
+
+    const IDLE: Duration = Duration::from_secs(10);
+    const HEADER: Duration = Duration::from_secs(2);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A `DeadlineIo` over one end of a duplex pipe accepted now, the client's end, and
+    /// the activity count its service would hold.
+    fn conn(multiplexed: bool) -> (DeadlineIo<DuplexStream>, DuplexStream, Arc<ConnActivity>) {
+        let (server, client) = duplex(1024);
+        let activity = Arc::new(ConnActivity::default());
+        let io = DeadlineIo::new(
+            server,
+            Arc::clone(&activity),
+            IDLE,
+            HEADER,
+            Instant::now(),
+            multiplexed,
+        );
+        (io, client, activity)
+    }
+
+    /// Poll one read in the test task's own context: Pending, the bytes read, or the error.
+    async fn read(io: &mut DeadlineIo<DuplexStream>) -> Poll<io::Result<Vec<u8>>> {
+        std::future::poll_fn(|cx| {
+            let mut buf = [0u8; 64];
+            let mut rb = ReadBuf::new(&mut buf);
+            Poll::Ready(
+                Pin::new(&mut *io)
+                    .poll_read(cx, &mut rb)
+                    .map_ok(|()| rb.filled().to_vec()),
+            )
+        })
+        .await
+    }
+
+    async fn pending(io: &mut DeadlineIo<DuplexStream>) {
+        match read(io).await {
+            Poll::Pending => {}
+            other => panic!("expected a read still waiting, got {other:?}"),
+        }
+    }
+
+    async fn bytes(io: &mut DeadlineIo<DuplexStream>, want: &[u8]) {
+        match read(io).await {
+            Poll::Ready(Ok(b)) => assert_eq!(b, want),
+            other => panic!("expected {want:?}, got {other:?}"),
+        }
+    }
+
+    async fn timed_out(io: &mut DeadlineIo<DuplexStream>, why: &str) {
+        match read(io).await {
+            Poll::Ready(Err(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+                assert_eq!(e.to_string(), why);
+            }
+            other => panic!("expected TimedOut ({why}), got {other:?}"),
+        }
+    }
+
+    /// One request served and answered: busy while the `ActiveRequest` lives, then idle.
+    async fn serve_one(io: &mut DeadlineIo<DuplexStream>, activity: &Arc<ConnActivity>) {
+        let request = ActiveRequest::new(activity);
+        pending(io).await;
+        drop(request);
+        pending(io).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_head_times_out_exactly_at_header_read_timeout() {
+        let (mut io, _client, _activity) = conn(false);
+        pending(&mut io).await;
+        advance(HEADER - MS).await;
+        pending(&mut io).await;
+        advance(MS).await;
+        timed_out(&mut io, "header read timeout").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_gets_no_extension() {
+        let (mut io, mut client, _activity) = conn(false);
+        // A byte every 100 ms, the last one 1 ms before the deadline: each is read...
+        for _ in 0..19 {
+            advance(Duration::from_millis(100)).await;
+            client.write_all(b"G").await.unwrap();
+            bytes(&mut io, b"G").await;
+            pending(&mut io).await;
+        }
+        advance(Duration::from_millis(99)).await;
+        client.write_all(b"E").await.unwrap();
+        bytes(&mut io, b"E").await;
+        pending(&mut io).await;
+        // ...and the head still fails at header_read_timeout from accept.
+        advance(MS).await;
+        timed_out(&mut io, "header read timeout").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_closes_after_idle_timeout_not_header_read_timeout() {
+        let (mut io, _client, activity) = conn(false);
+        serve_one(&mut io, &activity).await;
+        // Well past header_read_timeout: still open.
+        advance(HEADER * 2).await;
+        pending(&mut io).await;
+        advance(IDLE - HEADER * 2 - MS).await;
+        pending(&mut io).await;
+        advance(MS).await;
+        timed_out(&mut io, "idle timeout").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_deadline_applies_while_a_request_is_active() {
+        let (mut io, mut client, activity) = conn(false);
+        let request = ActiveRequest::new(&activity);
+        pending(&mut io).await;
+        advance((IDLE + HEADER) * 1000).await;
+        pending(&mut io).await;
+        // Bytes while busy (a request body) start no head deadline either.
+        client.write_all(b"body").await.unwrap();
+        bytes(&mut io, b"body").await;
+        advance((IDLE + HEADER) * 1000).await;
+        pending(&mut io).await;
+        // Once the request ends, the idle deadline counts from then.
+        drop(request);
+        pending(&mut io).await;
+        advance(IDLE - MS).await;
+        pending(&mut io).await;
+        advance(MS).await;
+        timed_out(&mut io, "idle timeout").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_after_idle_starts_a_fresh_head_deadline() {
+        let (mut io, mut client, activity) = conn(false);
+        serve_one(&mut io, &activity).await;
+        // Idle for longer than header_read_timeout (so the accept-time head deadline is
+        // long gone), then the first byte of the next request.
+        advance(HEADER + HEADER / 2).await;
+        client.write_all(b"G").await.unwrap();
+        bytes(&mut io, b"G").await;
+        pending(&mut io).await;
+        // The head deadline counts from that byte, and ends well before the idle one would.
+        advance(HEADER - MS).await;
+        pending(&mut io).await;
+        advance(MS).await;
+        timed_out(&mut io, "header read timeout").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multiplexed_bytes_while_idle_start_no_head_deadline() {
+        let (mut io, mut client, activity) = conn(true);
+        serve_one(&mut io, &activity).await;
+        // A PING's worth of bytes while idle.
+        advance(HEADER).await;
+        client.write_all(b"ping").await.unwrap();
+        bytes(&mut io, b"ping").await;
+        pending(&mut io).await;
+        // No head deadline: still open a header_read_timeout later...
+        advance(HEADER).await;
+        pending(&mut io).await;
+        // ...and closed by the idle deadline, counted from the end of the request.
+        advance(IDLE - HEADER * 2 - MS).await;
+        pending(&mut io).await;
+        advance(MS).await;
+        timed_out(&mut io, "idle timeout").await;
+    }
+}
