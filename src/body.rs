@@ -65,13 +65,10 @@ impl Recorder {
         &self.cx
     }
 
-    /// One more attempt on a clone.
-    pub fn count_attempt(&mut self) {
+    /// An attempt starts on `clone`: the record names it from now on (the clone that
+    /// answers, the last one tried, or the one the client was waiting on when it left).
+    pub fn start_attempt(&mut self, clone: Arc<BackendState>) {
         self.attempts += 1;
-    }
-
-    /// The clone the answer comes from (or, for clonelb's own error, the last one tried).
-    pub fn set_clone(&mut self, clone: Arc<BackendState>) {
         self.clone = Some(clone);
     }
 

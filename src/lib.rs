@@ -115,6 +115,12 @@ impl Options {
             ..Options::default()
         }
     }
+
+    /// Hand every finished request's record to `hook` too.
+    pub fn on_record(mut self, hook: Hook) -> Self {
+        self.on_record = Some(hook);
+        self
+    }
 }
 
 /// A running balancer: its worker threads, its control plane and its stop switch.

@@ -33,8 +33,7 @@ use hyper::body::{Body, Incoming};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::backend::BackendState;
-use crate::backend::InFlightGuard;
+use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{Recorder, ResponseBody};
 use crate::context::ConnContext;
 use crate::error::{Fault, ProxyError, Retry};
@@ -91,13 +90,14 @@ pub async fn handle(
             .then(|| UpstreamHead::of(&req));
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
-        let state = Arc::clone(guard.state());
-        rec.count_attempt();
-        match attempt(&state, req, &policy).await {
+        // The record names the clone of the attempt in progress: the one that answers, the
+        // last one tried, or the one the client was waiting on when it left.
+        rec.start_attempt(Arc::clone(guard.state()));
+        let state = guard.state();
+        match attempt(state, req, &policy).await {
             Ok((mut resp, sender)) => {
                 let status = resp.status();
-                health::report(&state, &policy, Attempt::Answered(status.as_u16()));
-                rec.set_clone(state);
+                health::report(state, &policy, Attempt::Answered(status.as_u16()));
                 rec.head(status.as_u16());
                 if let Some(client) = client_upgrade {
                     if status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -121,7 +121,7 @@ pub async fn handle(
                 } else {
                     Attempt::OtherFailure
                 };
-                health::report(&state, &policy, seen);
+                health::report(state, &policy, seen);
                 let again = match (error.retry(), request) {
                     _ if tried.len() as u32 >= policy.proxy.retries => None,
                     // Handed back untouched: nothing of it reached the clone.
@@ -134,12 +134,14 @@ pub async fn handle(
                 };
                 let Some(again) = again else {
                     tracing::debug!(error = %error, "request failed");
-                    return Ok(failed(&error, state, guard, rec));
+                    drop(guard);
+                    return Ok(own_answer(&error, rec));
                 };
                 tried.push(state.address());
                 let Some(next) = acquire(&cx.shared.table, &tried) else {
                     tracing::debug!(error = %error, "request failed; no other clone to retry on");
-                    return Ok(failed(&error, state, guard, rec));
+                    drop(guard);
+                    return Ok(own_answer(&error, rec));
                 };
                 state.count_retry();
                 tracing::debug!(error = %error, next = %next.state().address(), "retrying on another clone");
@@ -148,18 +150,6 @@ pub async fn handle(
             }
         }
     }
-}
-
-/// clonelb's answer after the last attempt failed: recorded against the last clone tried.
-fn failed(
-    error: &ProxyError,
-    state: Arc<BackendState>,
-    guard: InFlightGuard,
-    mut rec: Recorder,
-) -> Response<ResponseBody> {
-    drop(guard);
-    rec.set_clone(state);
-    own_answer(error, rec)
 }
 
 /// The clone accepted a WebSocket handshake: answer the client 101 and, once both sides
