@@ -38,7 +38,7 @@ mod walk;
 pub use self::error::{format_diagnostic, ConfigError, Diagnostic, LoadError};
 pub use self::schema::{
     BackendConfig, BalancerConfig, HealthConfig, LimitsConfig, ListenConfig, ProxyConfig,
-    DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_SIZE,
+    ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_SIZE,
 };
 pub use self::values::{parse_address, parse_duration, parse_size, StatusRanges};
 pub use crate::strategy::StrategyKind;
@@ -53,6 +53,7 @@ pub struct Config {
     /// `None` when `[health]` is absent: no active checks (passive ejection still applies).
     pub health: Option<HealthConfig>,
     pub limits: LimitsConfig,
+    pub reload: ReloadConfig,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -307,6 +308,31 @@ address = "localhost:9002"
                 "lb.toml:4:19: `max_header_size` = 4096 is below its minimum 8192",
                 "lb.toml:5:12: invalid size \"1MB\" for `max_body`: unknown unit \"MB\" (use B, KiB, MiB or GiB)",
             ]
+        );
+    }
+
+    #[test]
+    fn reload_section() {
+        let c = parse("t", MINIMAL).unwrap().config;
+        assert_eq!(c.reload, ReloadConfig { watch: true });
+        assert_eq!(ReloadConfig::default(), ReloadConfig { watch: true });
+        let c = parse(
+            "t",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[reload]\nwatch = false\n",
+        )
+        .unwrap()
+        .config;
+        assert!(!c.reload.watch);
+        assert_eq!(
+            errors("[listen]\nhttp = \"127.0.0.1:1\"\n[reload]\nwatch = \"no\"\nwach = true\n"),
+            vec![
+                "lb.toml:4:9: `watch` must be true or false, found string",
+                "lb.toml:5:1: unknown key `wach` in [reload] (did you mean `watch`?)",
+            ]
+        );
+        assert_eq!(
+            errors("reload = 1\n[listen]\nhttp = \"127.0.0.1:1\"\n"),
+            vec!["lb.toml:1:10: `reload` must be a table, found integer"]
         );
     }
 

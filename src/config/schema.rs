@@ -146,6 +146,16 @@ section! {
 }
 
 section! {
+    /// `[reload]`: how changes to lb.toml reach the running balancer.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    pub struct ReloadConfig in "[reload]" with Default {
+        /// Watch lb.toml (and the TLS files) and reload on save. `false` leaves SIGHUP
+        /// (and later the admin API) for ops who ship config by other means.
+        watch: bool = true => boolean,
+    }
+}
+
+section! {
     /// One `[[backend]]`: a clone.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
     pub struct BackendConfig in "[[backend]]" {

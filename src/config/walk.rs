@@ -20,7 +20,9 @@ use super::section::Section;
 use super::Config;
 
 /// The top-level tables; each is declared in `schema.rs` (`backend` is `[[backend]]`).
-const TOP_KEYS: &[&str] = &["listen", "balancer", "proxy", "health", "limits", "backend"];
+const TOP_KEYS: &[&str] = &[
+    "listen", "balancer", "proxy", "health", "limits", "reload", "backend",
+];
 
 type Entry<'i> = (&'i Spanned<DeString<'i>>, &'i Spanned<DeValue<'i>>);
 
@@ -74,6 +76,7 @@ impl<'s> Walker<'s> {
         let proxy = self.optional(root, "proxy");
         let limits = self.optional(root, "limits");
         let health = self.table(root, "health").map(|(t, _)| self.health(t));
+        let reload = self.optional(root, "reload");
         let backends = self.backends(root);
         Config {
             listen,
@@ -81,6 +84,7 @@ impl<'s> Walker<'s> {
             proxy,
             health,
             limits,
+            reload,
             backends,
         }
     }
