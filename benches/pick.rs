@@ -95,6 +95,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         proxy: ProxyConfig::default(),
         health: None,
         limits: Default::default(),
+        reload: Default::default(),
         backends: (0..n)
             .map(|i| BackendConfig {
                 address: address(i),

@@ -113,6 +113,7 @@ pub fn run() -> Result<(), StartError> {
         proxy: ProxyConfig::default(),
         health: Some(HealthConfig::default()),
         limits: Default::default(),
+        reload: Default::default(),
         backends,
     };
     // Port 8080 when free, any free port otherwise.

@@ -1,112 +1,22 @@
 //! Error types, one enum per layer.
 //!
-//! * [`ConfigError`] — one problem found in an lb.toml (with its position kept by
-//!   [`crate::config::Diagnostic`]).
+//! * [`ConfigError`] — one problem found in an lb.toml. It lives in `config` (see
+//!   `config/error.rs`, with [`crate::config::Diagnostic`] and
+//!   [`crate::config::LoadError`]) and is re-exported here for compatibility; `config`
+//!   imports nothing from this module, so the dependency goes one way only.
 //! * [`ProxyError`] — why a request could not be served. [`ProxyError::status`] is the one
 //!   place that maps a cause to the status code the client sees; [`ProxyError::fault`] says
 //!   whose fault it was and [`ProxyError::retry`] whether another clone may be tried.
-//! * [`StartError`] — why the balancer could not start (bad config, address in use).
+//! * [`StartError`] — why the balancer could not start (bad config, address in use, bad
+//!   TLS files). It refers to [`crate::config::LoadError`] and [`crate::tls::TlsError`];
+//!   neither of those modules imports this one.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
 
-/// One problem in an lb.toml. Rendered as the `message` part of `PATH:LINE:COL: message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{message}")]
-    Syntax { message: String },
-    #[error("unknown key `{key}` in {table}{}", hint(suggestion))]
-    UnknownKey {
-        table: String,
-        key: String,
-        suggestion: Option<&'static str>,
-    },
-    #[error("missing required key `{key}` in {table}")]
-    MissingKey { table: String, key: &'static str },
-    #[error("`{key}` must be {expected}, found {found}")]
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: &'static str,
-    },
-    #[error("invalid duration \"{value}\" for `{key}`: {reason} (use an integer and a unit: \"250ms\", \"2s\", \"1m\", \"1h\")")]
-    BadDuration {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("invalid address \"{value}\": {reason} (expected IP:PORT, e.g. \"127.0.0.1:9001\" or \"[::1]:9001\")")]
-    BadAddress { value: String, reason: String },
-    #[error("unknown strategy \"{value}\" (expected \"round-robin\" or \"least-connections\")")]
-    UnknownStrategy { value: String },
-    #[error("weight {value} is out of range (1..=1000)")]
-    WeightOutOfRange { value: i128 },
-    #[error("`{key}` = {value} is out of range ({min}..={max})")]
-    OutOfRange {
-        key: &'static str,
-        value: i128,
-        min: u32,
-        max: u32,
-    },
-    #[error("invalid size \"{value}\" for `{key}`: {reason}")]
-    BadSize {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("`{key}` = {value} is below its minimum {min}")]
-    SizeTooSmall {
-        key: &'static str,
-        value: u64,
-        min: u64,
-    },
-    #[error("health check path \"{value}\" must start with '/'")]
-    BadPath { value: String },
-    #[error("invalid status set \"{value}\": {reason} (e.g. \"200-399\", \"200\", \"200,204\")")]
-    BadStatus { value: String, reason: String },
-    #[error("health `timeout` ({timeout:?}) must be shorter than `interval` ({interval:?})")]
-    TimeoutNotBelowInterval {
-        timeout: Duration,
-        interval: Duration,
-    },
-    #[error("`https` needs `{key}` in [listen]")]
-    MissingTlsFile { key: &'static str },
-    #[error("`{key}` is set but there is no `https` listener")]
-    TlsWithoutHttps { key: &'static str },
-    #[error("`{key}` must not be empty")]
-    EmptyPath { key: &'static str },
-    #[error("{0}")]
-    Tls(String),
-    #[error("`name` must not be empty")]
-    EmptyName,
-    #[error("duplicate clone name \"{name}\" (first used on line {first_line})")]
-    DuplicateName { name: String, first_line: usize },
-    #[error("duplicate clone address {address} (first used on line {first_line})")]
-    DuplicateAddress {
-        address: SocketAddr,
-        first_line: usize,
-    },
-    #[error("warning: no [[backend]] entries: every request will be answered 503")]
-    NoBackends,
-    #[error("cannot read: {0}")]
-    Io(String),
-}
-
-fn hint(suggestion: &Option<&'static str>) -> String {
-    match suggestion {
-        Some(s) => format!(" (did you mean `{s}`?)"),
-        None => String::new(),
-    }
-}
-
-impl ConfigError {
-    /// Warnings are reported but do not make a file invalid.
-    pub fn is_warning(&self) -> bool {
-        matches!(self, ConfigError::NoBackends)
-    }
-}
+pub use crate::config::ConfigError;
 
 /// Whose fault a failed request was; decides what counts against a clone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

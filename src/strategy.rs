@@ -4,13 +4,36 @@
 //! availability and load through [`Candidates`] (atomics in the real table, plain vectors
 //! in tests) and takes no lock and no allocation. All mutable state here is one atomic
 //! counter per strategy.
+//!
+//! Owns [`StrategyKind`], the names of the strategies. Imports nothing from `config`: the
+//! config maps lb.toml's `strategy = "..."` string to a [`StrategyKind`], not the other way
+//! round.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use rand::Rng;
+use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::config::StrategyKind;
+
+/// Which strategy a routing table uses (`[balancer] strategy` in lb.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyKind {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+impl StrategyKind {
+    /// The name lb.toml uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round-robin",
+            StrategyKind::LeastConnections => "least-connections",
+        }
+    }
+}
 
 /// What a strategy may know about the clones: how many, which may take a request now,
 /// how loaded each is, and their weights.

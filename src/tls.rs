@@ -5,6 +5,9 @@
 //! is read leaf first; the key may be PKCS#8, PKCS#1 or SEC1. A key that does not match the
 //! certificate is refused here, so `clonelb check` and a reload catch it before a client
 //! would.
+//!
+//! Owns the TLS files' loading, not their place in lb.toml (that is `config`). Imports
+//! nothing from `error` (whose `StartError` wraps [`TlsError`]) nor from the request path.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,7 +90,7 @@ pub fn from_checked(
             diagnostics: vec![crate::config::Diagnostic {
                 line,
                 col,
-                error: crate::error::ConfigError::Tls(e.to_string()),
+                error: crate::config::ConfigError::Tls(e.to_string()),
             }],
         }
     })

@@ -1,62 +1,33 @@
-//! The walk over a parsed lb.toml that checks every key and value against the schema and
-//! builds [`Config`], collecting every problem instead of stopping at the first (which is
-//! what serde's derive would do).
+//! Owns the walk over a parsed lb.toml: which tables exist at the top level, reading each
+//! through its declared keys (`schema.rs`, with the validators of `validate.rs`), and the
+//! rules that tie several keys together: `[listen]` listeners and TLS files, `[health]`
+//! `timeout` < `interval`, and unique, named `[[backend]]` clones. Every problem is
+//! collected instead of stopping at the first (which is what serde's derive would do).
+//!
+//! Must not touch: I/O, shared state, `crate::error`, the request path.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
-use super::*;
-use crate::error::ConfigError;
+use super::error::ConfigError;
+use super::schema::*;
+use super::section::Section;
+use super::Config;
 
-const TOP_KEYS: &[&str] = &["listen", "balancer", "proxy", "health", "limits", "backend"];
-const LIMITS_KEYS: &[&str] = &[
-    "max_request_line",
-    "max_header_size",
-    "max_headers",
-    "max_body",
-    "max_connections",
+/// The top-level tables; each is declared in `schema.rs` (`backend` is `[[backend]]`).
+const TOP_KEYS: &[&str] = &[
+    "listen", "balancer", "proxy", "health", "limits", "reload", "backend",
 ];
-const LISTEN_KEYS: &[&str] = &["http", "https", "tls_cert", "tls_key"];
-const BALANCER_KEYS: &[&str] = &["strategy"];
-const PROXY_KEYS: &[&str] = &[
-    "connect_timeout",
-    "response_timeout",
-    "idle_timeout",
-    "header_read_timeout",
-    "retries",
-    "retry_on_timeout",
-    "ejection_time",
-    "drain_timeout",
-    "shutdown_timeout",
-    "body_read_timeout",
-    "trust_forwarded",
-    "max_concurrent_streams",
-];
-const HEALTH_KEYS: &[&str] = &[
-    "path",
-    "interval",
-    "timeout",
-    "healthy_threshold",
-    "unhealthy_threshold",
-    "expect_status",
-    "host",
-    "start_unhealthy",
-    "eject_on_5xx",
-];
-const BACKEND_KEYS: &[&str] = &["address", "name", "weight"];
 
-type Entry<'i> = (
-    &'i Spanned<toml::de::DeString<'i>>,
-    &'i Spanned<DeValue<'i>>,
-);
+type Entry<'i> = (&'i Spanned<DeString<'i>>, &'i Spanned<DeValue<'i>>);
 
-/// Collects problems while building a [`Config`]. Every getter reports what is wrong with
-/// its key and returns `None`, so the walk goes on and finds the rest.
+/// Collects problems while building a [`Config`]. Every validator reports what is wrong
+/// with its key and leaves the field alone, so the walk goes on and finds the rest.
 pub(super) struct Walker<'s> {
     pub(super) src: &'s str,
     /// lb.toml's directory: relative file paths are read from there.
@@ -64,16 +35,28 @@ pub(super) struct Walker<'s> {
     pub(super) diags: Vec<(Range<usize>, ConfigError)>,
     /// Spans of the `tls_cert` and `tls_key` values.
     pub(super) tls_spans: (Range<usize>, Range<usize>),
+    /// The last offset asked of [`Walker::line_of`] and its line.
+    line_cursor: (usize, usize),
 }
 
 impl<'s> Walker<'s> {
+    pub(super) fn new(src: &'s str, base: Option<PathBuf>) -> Self {
+        Walker {
+            src,
+            base,
+            diags: Vec::new(),
+            tls_spans: (0..0, 0..0),
+            line_cursor: (0, 1),
+        }
+    }
+
     pub(super) fn report(&mut self, span: Range<usize>, error: ConfigError) {
         self.diags.push((span, error));
     }
 
-    pub(super) fn config(&mut self, root: &DeTable<'_>, root_span: Range<usize>) -> Option<Config> {
+    /// The whole file. Only meaningful when no error was reported.
+    pub(super) fn config(&mut self, root: &DeTable<'_>, root_span: Range<usize>) -> Config {
         self.check_keys(root, "the top level", TOP_KEYS);
-
         let listen = match self.table(root, "listen") {
             Some((t, span)) => self.listen(t, span),
             None => {
@@ -86,80 +69,46 @@ impl<'s> Walker<'s> {
                         },
                     );
                 }
-                None
+                ListenConfig::defaults()
             }
         };
-
-        let mut balancer = BalancerConfig::default();
-        if let Some((t, _)) = self.table(root, "balancer") {
-            self.check_keys(t, "[balancer]", BALANCER_KEYS);
-            if let Some((s, span)) = self.string(t, "strategy") {
-                match s {
-                    "round-robin" => balancer.strategy = StrategyKind::RoundRobin,
-                    "least-connections" => balancer.strategy = StrategyKind::LeastConnections,
-                    other => self.report(
-                        span,
-                        ConfigError::UnknownStrategy {
-                            value: other.to_string(),
-                        },
-                    ),
-                }
-            }
-        }
-
-        let mut proxy = ProxyConfig::default();
-        if let Some((t, _)) = self.table(root, "proxy") {
-            self.check_keys(t, "[proxy]", PROXY_KEYS);
-            self.duration(t, "connect_timeout", &mut proxy.connect_timeout);
-            self.duration(t, "response_timeout", &mut proxy.response_timeout);
-            self.duration(t, "idle_timeout", &mut proxy.idle_timeout);
-            self.duration(t, "header_read_timeout", &mut proxy.header_read_timeout);
-            self.count(t, "retries", 0..=MAX_RETRIES, &mut proxy.retries);
-            self.boolean(t, "retry_on_timeout", &mut proxy.retry_on_timeout);
-            self.duration(t, "ejection_time", &mut proxy.ejection_time);
-            self.duration(t, "drain_timeout", &mut proxy.drain_timeout);
-            self.duration(t, "shutdown_timeout", &mut proxy.shutdown_timeout);
-            self.duration(t, "body_read_timeout", &mut proxy.body_read_timeout);
-            self.boolean(t, "trust_forwarded", &mut proxy.trust_forwarded);
-            self.count(
-                t,
-                "max_concurrent_streams",
-                1..=u32::MAX,
-                &mut proxy.max_concurrent_streams,
-            );
-        }
-
-        let mut limits = LimitsConfig::default();
-        if let Some((t, _)) = self.table(root, "limits") {
-            self.check_keys(t, "[limits]", LIMITS_KEYS);
-            self.size(t, "max_request_line", 1, &mut limits.max_request_line);
-            self.size(
-                t,
-                "max_header_size",
-                MIN_HEADER_SIZE,
-                &mut limits.max_header_size,
-            );
-            self.size(t, "max_headers", 1, &mut limits.max_headers);
-            self.size(t, "max_body", 0, &mut limits.max_body);
-            self.size(t, "max_connections", 1, &mut limits.max_connections);
-        }
-
+        let balancer = self.optional(root, "balancer");
+        let proxy = self.optional(root, "proxy");
+        let limits = self.optional(root, "limits");
         let health = self.table(root, "health").map(|(t, _)| self.health(t));
+        let reload = self.optional(root, "reload");
         let backends = self.backends(root);
-        Some(Config {
-            listen: listen?,
+        Config {
+            listen,
             balancer,
             proxy,
             health,
             limits,
+            reload,
             backends,
-        })
+        }
+    }
+
+    /// Every key of `t`: unknown ones reported, declared ones read over their defaults.
+    fn read<S: Section>(&mut self, t: &DeTable<'_>) -> S {
+        self.check_keys(t, S::TABLE, S::KEYS);
+        let mut section = S::defaults();
+        section.read_keys(self, t);
+        section
+    }
+
+    /// A section that may be absent (then its defaults).
+    fn optional<S: Section>(&mut self, root: &DeTable<'_>, key: &str) -> S {
+        match self.table(root, key) {
+            Some((t, _)) => self.read(t),
+            None => S::defaults(),
+        }
     }
 
     /// `[listen]`: at least one listener; `https` needs both TLS files, which need `https`.
-    fn listen(&mut self, t: &DeTable<'_>, span: Range<usize>) -> Option<ListenConfig> {
-        self.check_keys(t, "[listen]", LISTEN_KEYS);
+    fn listen(&mut self, t: &DeTable<'_>, span: Range<usize>) -> ListenConfig {
         if find(t, "http").is_none() && find(t, "https").is_none() {
+            self.check_keys(t, ListenConfig::TABLE, ListenConfig::KEYS);
             self.report(
                 span,
                 ConfigError::MissingKey {
@@ -167,141 +116,29 @@ impl<'s> Walker<'s> {
                     key: "http",
                 },
             );
-            return None;
+            return ListenConfig::defaults();
         }
-        // Each: `Some(None)` absent, `None` present but invalid (already reported).
-        // Port 0 asks the kernel for a free port (tests, demos).
-        let http = match find(t, "http") {
-            None => Some(None),
-            Some((_, v)) => self.address("http", v, true).map(Some),
-        };
-        let https = match find(t, "https") {
-            None => Some(None),
-            Some((_, v)) => self.address("https", v, true).map(Some),
-        };
-        let cert = self.path(t, "tls_cert").map_or(Some(None), |p| p.map(Some));
-        let key = self.path(t, "tls_key").map_or(Some(None), |p| p.map(Some));
-        let mut ok = true;
-        if find(t, "https").is_some() {
-            for name in ["tls_cert", "tls_key"] {
-                if find(t, name).is_none() {
+        let listen: ListenConfig = self.read(t);
+        let value_span = |key| find(t, key).map_or(0..0, |(_, v)| v.span());
+        self.tls_spans = (value_span("tls_cert"), value_span("tls_key"));
+        let https = find(t, "https").is_some();
+        for name in ["tls_cert", "tls_key"] {
+            match find(t, name) {
+                None if https => {
                     self.report(span.clone(), ConfigError::MissingTlsFile { key: name });
-                    ok = false;
                 }
-            }
-        } else {
-            for name in ["tls_cert", "tls_key"] {
-                if let Some((k, _)) = find(t, name) {
+                Some((k, _)) if !https => {
                     self.report(k.span(), ConfigError::TlsWithoutHttps { key: name });
-                    ok = false;
                 }
+                _ => {}
             }
         }
-        let (Some(http), Some(https), Some(tls_cert), Some(tls_key)) = (http, https, cert, key)
-        else {
-            return None;
-        };
-        ok.then_some(ListenConfig {
-            http,
-            https,
-            tls_cert,
-            tls_key,
-        })
+        listen
     }
 
-    /// A file path (a non-empty string), relative to lb.toml's directory. `None`: absent;
-    /// `Some(None)`: present but invalid (reported).
-    fn path(&mut self, t: &DeTable<'_>, key: &'static str) -> Option<Option<PathBuf>> {
-        find(t, key)?;
-        let Some((s, span)) = self.string(t, key) else {
-            return Some(None);
-        };
-        if key == "tls_cert" {
-            self.tls_spans.0 = span.clone();
-        } else {
-            self.tls_spans.1 = span.clone();
-        }
-        if s.is_empty() {
-            self.report(span, ConfigError::EmptyPath { key });
-            return Some(None);
-        }
-        let p = PathBuf::from(s);
-        Some(Some(match &self.base {
-            Some(base) if p.is_relative() => base.join(p),
-            _ => p,
-        }))
-    }
-
-    /// A size or count: a TOML integer, or a string "N", "NB", "NKiB", "NMiB", "NGiB".
-    fn size(&mut self, table: &DeTable<'_>, key: &'static str, min: u64, slot: &mut u64) {
-        let Some((k, v)) = find(table, key) else {
-            return;
-        };
-        let parsed = match v.get_ref() {
-            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
-                .map_err(|_| "must be a non-negative integer".to_string()),
-            DeValue::String(s) => parse_size(s),
-            _ => {
-                self.wrong_type(k, v, "a size (e.g. 8192 or \"8KiB\")");
-                return;
-            }
-        };
-        match parsed {
-            Ok(n) if n >= min => *slot = n,
-            Ok(n) => self.report(v.span(), ConfigError::SizeTooSmall { key, value: n, min }),
-            Err(reason) => self.report(
-                v.span(),
-                ConfigError::BadSize {
-                    key,
-                    value: match v.get_ref() {
-                        DeValue::String(s) => s.to_string(),
-                        other => format!("{other:?}"),
-                    },
-                    reason,
-                },
-            ),
-        }
-    }
-
+    /// `[health]`: the check `timeout` must be shorter than the `interval`.
     fn health(&mut self, t: &DeTable<'_>) -> HealthConfig {
-        self.check_keys(t, "[health]", HEALTH_KEYS);
-        let mut h = HealthConfig::default();
-        if let Some((p, span)) = self.string(t, "path") {
-            if p.starts_with('/') {
-                h.path = p.to_string();
-            } else {
-                self.report(span, ConfigError::BadPath { value: p.into() });
-            }
-        }
-        self.duration(t, "interval", &mut h.interval);
-        self.duration(t, "timeout", &mut h.timeout);
-        self.count(
-            t,
-            "healthy_threshold",
-            1..=u32::MAX,
-            &mut h.healthy_threshold,
-        );
-        self.count(
-            t,
-            "unhealthy_threshold",
-            1..=u32::MAX,
-            &mut h.unhealthy_threshold,
-        );
-        if let Some((s, span)) = self.string(t, "expect_status") {
-            match StatusRanges::parse(s) {
-                Ok(r) => h.expect_status = r,
-                Err(reason) => self.report(
-                    span,
-                    ConfigError::BadStatus {
-                        value: s.into(),
-                        reason,
-                    },
-                ),
-            }
-        }
-        h.host = self.string(t, "host").map(|(s, _)| s.to_string());
-        self.boolean(t, "start_unhealthy", &mut h.start_unhealthy);
-        self.boolean(t, "eject_on_5xx", &mut h.eject_on_5xx);
+        let h: HealthConfig = self.read(t);
         if h.timeout >= h.interval {
             let span = find(t, "timeout")
                 .or_else(|| find(t, "interval"))
@@ -317,40 +154,9 @@ impl<'s> Walker<'s> {
         h
     }
 
-    /// An integer key within `range`; left at its default when absent or invalid.
-    fn count(
-        &mut self,
-        table: &DeTable<'_>,
-        key: &'static str,
-        range: std::ops::RangeInclusive<u32>,
-        slot: &mut u32,
-    ) {
-        if let Some((n, span)) = self.integer(table, key) {
-            match u32::try_from(n) {
-                Ok(v) if range.contains(&v) => *slot = v,
-                _ => self.report(
-                    span,
-                    ConfigError::OutOfRange {
-                        key,
-                        value: n,
-                        min: *range.start(),
-                        max: *range.end(),
-                    },
-                ),
-            }
-        }
-    }
-
-    fn boolean(&mut self, table: &DeTable<'_>, key: &str, slot: &mut bool) {
-        let Some((k, v)) = find(table, key) else {
-            return;
-        };
-        match v.get_ref().as_bool() {
-            Some(b) => *slot = b,
-            None => self.wrong_type(k, v, "true or false"),
-        }
-    }
-
+    /// `[[backend]]`: each needs an address; addresses and names (by default the address
+    /// as written) are unique, and a duplicate is reported where it is written the second
+    /// time, with the line of the first.
     fn backends(&mut self, root: &DeTable<'_>) -> Vec<BackendConfig> {
         let mut out = Vec::new();
         let Some((key, value)) = find(root, "backend") else {
@@ -378,102 +184,89 @@ impl<'s> Walker<'s> {
                 );
                 continue;
             };
-            self.check_keys(t, "[[backend]]", BACKEND_KEYS);
-            let address = match find(t, "address") {
-                Some((_, v)) => self.address("address", v, false).map(|a| (a, v)),
-                None => {
-                    self.report(
-                        item.span(),
-                        ConfigError::MissingKey {
-                            table: "[[backend]]".into(),
-                            key: "address",
-                        },
-                    );
-                    None
-                }
-            };
-            let name = self
-                .string(t, "name")
-                .map(|(s, span)| (s.to_string(), span));
-            let weight = match self.integer(t, "weight") {
-                Some((w, span)) => {
-                    if (1..=i128::from(MAX_WEIGHT)).contains(&w) {
-                        Some(w as u32)
-                    } else {
-                        self.report(span, ConfigError::WeightOutOfRange { value: w });
-                        None
-                    }
-                }
-                None => Some(1),
-            };
-            let mut ok = weight.is_some();
-            if let Some((name, span)) = &name {
-                if name.is_empty() {
+            let mut b: BackendConfig = self.read(t);
+            let address = find(t, "address");
+            if address.is_none() {
+                self.report(
+                    item.span(),
+                    ConfigError::MissingKey {
+                        table: "[[backend]]".into(),
+                        key: "address",
+                    },
+                );
+            }
+            // A name of the wrong type (reported) is treated as absent.
+            let name_span = find(t, "name")
+                .filter(|(_, v)| v.get_ref().as_str().is_some())
+                .map(|(_, v)| v.span());
+            if let Some(span) = &name_span {
+                if b.name.is_empty() {
                     self.report(span.clone(), ConfigError::EmptyName);
-                    ok = false;
-                } else if let Some(first) = names.get(name) {
-                    self.report(
-                        span.clone(),
-                        ConfigError::DuplicateName {
-                            name: name.clone(),
-                            first_line: *first,
-                        },
-                    );
-                    ok = false;
+                } else if let Some(first) = names.get(&b.name) {
+                    let error = ConfigError::DuplicateName {
+                        name: b.name.clone(),
+                        first_line: *first,
+                    };
+                    self.report(span.clone(), error);
                 } else {
-                    names.insert(name.clone(), line_col(self.src, span.start).0);
+                    let line = self.line_of(span.start);
+                    names.insert(b.name.clone(), line);
                 }
             }
-            let Some((address, addr_value)) = address else {
+            // A missing or invalid address (reported) leaves port 0, which the validator
+            // refuses for a clone.
+            let Some((_, addr_value)) = address.filter(|_| b.address.port() != 0) else {
                 continue;
             };
-            if let Some(first) = addresses.get(&address) {
+            if let Some(first) = addresses.get(&b.address) {
                 self.report(
                     addr_value.span(),
                     ConfigError::DuplicateAddress {
-                        address,
+                        address: b.address,
                         first_line: *first,
                     },
                 );
                 continue;
             }
-            addresses.insert(address, line_col(self.src, addr_value.span().start).0);
-            let written = addr_value
-                .get_ref()
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let name = match name {
-                Some((n, _)) => n,
-                None => {
-                    // The default name is the address as written; it must not collide with
-                    // an explicit name either.
-                    if let Some(first) = names.get(&written) {
-                        self.report(
-                            addr_value.span(),
-                            ConfigError::DuplicateName {
-                                name: written.clone(),
-                                first_line: *first,
-                            },
-                        );
-                        continue;
-                    }
-                    names.insert(
-                        written.clone(),
-                        line_col(self.src, addr_value.span().start).0,
-                    );
-                    written
+            let line = self.line_of(addr_value.span().start);
+            addresses.insert(b.address, line);
+            if name_span.is_none() {
+                // The default name is the address as written; it must not collide with an
+                // explicit name either.
+                let written = addr_value.get_ref().as_str().unwrap_or_default();
+                if let Some(first) = names.get(written) {
+                    let error = ConfigError::DuplicateName {
+                        name: written.to_string(),
+                        first_line: *first,
+                    };
+                    self.report(addr_value.span(), error);
+                    continue;
                 }
-            };
-            if ok {
-                out.push(BackendConfig {
-                    address,
-                    name,
-                    weight: weight.unwrap_or(1),
-                });
+                names.insert(written.to_string(), line);
+                b.name = written.to_string();
             }
+            out.push(b);
         }
         out
+    }
+
+    /// The 1-based line of a byte offset, counted from the previous call's offset: the
+    /// `[[backend]]` walk asks in file order, so a file of thousands of clones is scanned
+    /// about once instead of once per clone.
+    fn line_of(&mut self, offset: usize) -> usize {
+        let newlines = |from: usize, to: usize| {
+            let bytes = self.src.as_bytes().get(from..to).unwrap_or_default();
+            bytes.iter().filter(|&&b| b == b'\n').count()
+        };
+        let offset = offset.min(self.src.len());
+        let (at, line) = self.line_cursor;
+        let line = if offset >= at {
+            line + newlines(at, offset)
+        } else {
+            line - newlines(offset, at)
+        };
+        self.line_cursor = (offset, line);
+        line
     }
 
     /// Unknown keys are errors, with a "did you mean" when one allowed key is close.
@@ -499,9 +292,9 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn wrong_type(
+    pub(super) fn wrong_type(
         &mut self,
-        key: &Spanned<toml::de::DeString<'_>>,
+        key: &Spanned<DeString<'_>>,
         value: &Spanned<DeValue<'_>>,
         expected: &'static str,
     ) {
@@ -515,6 +308,7 @@ impl<'s> Walker<'s> {
         );
     }
 
+    /// The table under `key`, if present; a value of another type is reported.
     fn table<'t>(
         &mut self,
         root: &'t DeTable<'t>,
@@ -529,95 +323,9 @@ impl<'s> Walker<'s> {
             }
         }
     }
-
-    fn string<'t>(&mut self, table: &'t DeTable<'t>, key: &str) -> Option<(&'t str, Range<usize>)> {
-        let (k, v) = find(table, key)?;
-        match v.get_ref().as_str() {
-            Some(s) => Some((s, v.span())),
-            None => {
-                self.wrong_type(k, v, "a string");
-                None
-            }
-        }
-    }
-
-    fn integer(&mut self, table: &DeTable<'_>, key: &str) -> Option<(i128, Range<usize>)> {
-        let (k, v) = find(table, key)?;
-        let parsed = v
-            .get_ref()
-            .as_integer()
-            .and_then(|i| i128::from_str_radix(i.as_str(), i.radix()).ok());
-        match parsed {
-            Some(n) => Some((n, v.span())),
-            None => {
-                self.wrong_type(k, v, "an integer");
-                None
-            }
-        }
-    }
-
-    /// A duration: an integer and a unit ("250ms", "2s", "1m", "1h"); must be above zero.
-    fn duration(&mut self, table: &DeTable<'_>, key: &'static str, slot: &mut Duration) {
-        let Some((s, span)) = self.string(table, key) else {
-            return;
-        };
-        match parse_duration(s) {
-            Ok(d) => *slot = d,
-            Err(reason) => self.report(
-                span,
-                ConfigError::BadDuration {
-                    key,
-                    value: s.to_string(),
-                    reason,
-                },
-            ),
-        }
-    }
-
-    fn address(
-        &mut self,
-        key: &str,
-        v: &Spanned<DeValue<'_>>,
-        port_zero_ok: bool,
-    ) -> Option<SocketAddr> {
-        let Some(s) = v.get_ref().as_str() else {
-            self.report(
-                v.span(),
-                ConfigError::WrongType {
-                    key: key.into(),
-                    expected: "a string \"IP:PORT\"",
-                    found: v.get_ref().type_str(),
-                },
-            );
-            return None;
-        };
-        match parse_address(s) {
-            Ok(a) if a.port() == 0 && !port_zero_ok => {
-                self.report(
-                    v.span(),
-                    ConfigError::BadAddress {
-                        value: s.to_string(),
-                        reason: "port must be 1..=65535".into(),
-                    },
-                );
-                None
-            }
-            Ok(a) => Some(a),
-            Err(reason) => {
-                self.report(
-                    v.span(),
-                    ConfigError::BadAddress {
-                        value: s.to_string(),
-                        reason,
-                    },
-                );
-                None
-            }
-        }
-    }
 }
 
-fn find<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<Entry<'t>> {
+pub(super) fn find<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<Entry<'t>> {
     table.iter().find(|(k, _)| {
         let k: &str = k.get_ref();
         k == key

@@ -1,0 +1,171 @@
+//! Owns the lb.toml schema (v1): every section's keys, each declared once with its type,
+//! default and validator (see `section.rs`), and the limits those validators apply.
+//!
+//! Adding a key: one line in its section below, plus its entry in README.md's lb.toml
+//! reference. Rules that tie several keys together (listeners and TLS files, health
+//! `timeout` < `interval`, unique clones) are in `walk.rs`.
+//!
+//! Must not touch: I/O, shared state, the request path, `crate::error`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::section::section;
+use super::values::StatusRanges;
+use crate::strategy::StrategyKind;
+
+/// hyper cannot read request heads with a buffer under 8 KiB.
+pub const MIN_HEADER_SIZE: u64 = 8 * 1024;
+
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+pub const MAX_RETRIES: u32 = 100;
+pub const MAX_WEIGHT: u32 = 1000;
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+section! {
+    /// `[listen]`: at least one listener; `https` needs both TLS files, which need `https`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct ListenConfig in "[listen]" {
+        /// Plain-HTTP listener (HTTP/1.1, and HTTP/2 by prior knowledge).
+        http: Option<SocketAddr> = None => listener,
+        /// HTTPS listener (ALPN h2 and http/1.1); needs `tls_cert` and `tls_key`.
+        https: Option<SocketAddr> = None => listener,
+        /// PEM certificate chain, leaf first; relative paths are from lb.toml's directory.
+        tls_cert: Option<PathBuf> = None => file,
+        /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+        tls_key: Option<PathBuf> = None => file,
+    }
+}
+
+impl ListenConfig {
+    /// Plain HTTP on `addr` only.
+    pub fn http(addr: SocketAddr) -> Self {
+        ListenConfig {
+            http: Some(addr),
+            https: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// The listener addresses, which a reload cannot change.
+    pub fn addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (self.http, self.https)
+    }
+}
+
+section! {
+    /// `[balancer]`: how a clone is picked.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct BalancerConfig in "[balancer]" with Default {
+        /// `"round-robin"` or `"least-connections"`.
+        strategy: StrategyKind = StrategyKind::RoundRobin => strategy,
+    }
+}
+
+section! {
+    /// `[proxy]`: timeouts of one proxied request and its client connection.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    pub struct ProxyConfig in "[proxy]" with Default {
+        /// Opening a TCP connection to a clone; past it → 502.
+        connect_timeout: Duration = secs(1) => duration,
+        /// Per attempt, from sending the request until the clone's response headers; → 504.
+        response_timeout: Duration = secs(30) => duration,
+        /// A kept-alive client connection with no request in progress is closed after this.
+        idle_timeout: Duration = secs(60) => duration,
+        /// From accept (or a later request's first byte) to the end of the request headers.
+        header_read_timeout: Duration = secs(10) => duration,
+        /// Further attempts on other clones (so at most 1 + retries attempts).
+        retries: u32 = 2 => count(0..=MAX_RETRIES),
+        /// Also retry a response timeout (idempotent requests without a body only).
+        retry_on_timeout: bool = false => boolean,
+        /// Without `[health]`: how long a passively ejected clone stays out.
+        ejection_time: Duration = secs(30) => duration,
+        /// A clone removed by a reload is dropped when idle, or after this (cutting what is
+        /// still in flight).
+        drain_timeout: Duration = secs(30) => duration,
+        /// On SIGTERM/SIGINT, requests in flight get this long to finish.
+        shutdown_timeout: Duration = secs(30) => duration,
+        /// A request body that sends nothing for this long between frames is aborted (408).
+        body_read_timeout: Duration = secs(30) => duration,
+        /// Keep an incoming `X-Forwarded-For` and append the client (true), or replace it
+        /// with the client alone (false, for an edge balancer that must not trust clients).
+        trust_forwarded: bool = true => boolean,
+        /// HTTP/2: concurrent streams per client connection.
+        max_concurrent_streams: u32 = 100 => count(1..=u32::MAX),
+    }
+}
+
+section! {
+    /// `[limits]`: what one client may send.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    pub struct LimitsConfig in "[limits]" with Default {
+        /// Request target longer than this → 414.
+        max_request_line: u64 = 8 * 1024 => size(1),
+        /// Request line + headers larger than this → 431. At least 8 KiB (hyper's minimum
+        /// read buffer).
+        max_header_size: u64 = 32 * 1024 => size(MIN_HEADER_SIZE),
+        /// More header fields than this → 431.
+        max_headers: u64 = 100 => size(1),
+        /// Request body larger than this → 413; 0 = unlimited.
+        max_body: u64 = 0 => size(0),
+        /// Open client connections (all listeners); beyond it new connections wait in the
+        /// accept backlog.
+        max_connections: u64 = 10_000 => size(1),
+    }
+}
+
+section! {
+    /// `[health]`: active health checks.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct HealthConfig in "[health]" with Default {
+        /// GET this path on every clone.
+        path: String = "/healthz".into() => request_path,
+        interval: Duration = secs(2) => duration,
+        /// Per check, connect to status line; shorter than `interval`.
+        timeout: Duration = secs(1) => duration,
+        /// Consecutive passes before a down clone is put back.
+        healthy_threshold: u32 = 2 => count(1..=u32::MAX),
+        /// Consecutive failures before an up clone is taken out.
+        unhealthy_threshold: u32 = DEFAULT_UNHEALTHY_THRESHOLD => count(1..=u32::MAX),
+        /// Statuses that count as a pass.
+        expect_status: StatusRanges = StatusRanges(vec![(200, 399)]) => status_set,
+        /// `Host` header of the checks; the clone's address when unset.
+        host: Option<String> = None => optional_text,
+        /// A new clone must pass `healthy_threshold` checks before it gets traffic.
+        start_unhealthy: bool = false => boolean,
+        /// Count 5xx answers to real requests as failures towards passive ejection.
+        eject_on_5xx: bool = false => boolean,
+    }
+}
+
+section! {
+    /// `[reload]`: how changes to lb.toml reach the running balancer.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    pub struct ReloadConfig in "[reload]" with Default {
+        /// Watch lb.toml (and the TLS files) and reload on save. `false` leaves SIGHUP
+        /// (and later the admin API) for ops who ship config by other means.
+        watch: bool = true => boolean,
+    }
+}
+
+section! {
+    /// One `[[backend]]`: a clone.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct BackendConfig in "[[backend]]" {
+        /// Required. Unique.
+        // Missing is reported by the `[[backend]]` rules in walk.rs; the placeholder's
+        // port 0 is one no valid clone address has.
+        address: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0)) => clone_address,
+        /// Defaults to the address as written. Unique.
+        name: String = String::new() => text,
+        /// 1..=1000, default 1.
+        weight: u32 = 1 => weight,
+    }
+}

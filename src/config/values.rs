@@ -1,0 +1,107 @@
+//! Owns the grammars of lb.toml's value kinds that are written as strings: durations,
+//! byte sizes, socket addresses and status sets. Each parser takes a `&str` and returns
+//! the value or the reason it is not one, with no position; the walker adds the key, the
+//! position and the hint.
+//!
+//! Pure functions only: no I/O (host names are not resolved), no shared state, nothing
+//! from the rest of the crate.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Parse "250ms", "2s", "1m", "1h" (humantime's grammar, which also takes "1h 30m").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    use humantime::DurationError as E;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| match e {
+        E::UnknownUnit { unit, .. } if unit.is_empty() => "missing unit".to_string(),
+        E::UnknownUnit { unit, .. } => format!("unknown unit \"{unit}\""),
+        E::NumberOverflow => "too large".to_string(),
+        E::Empty => "empty".to_string(),
+        _ => "not a number followed by a unit".to_string(),
+    })?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// A byte count: "4096", "512B", "8KiB", "16MiB", "1GiB" (binary units only, so "8KB"
+/// cannot be misread as 8,000 or 8,192).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected an integer and an optional unit B, KiB, MiB or GiB".to_string())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit \"{other}\" (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(scale).ok_or_else(|| "too large".to_string())
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (read as 127.0.0.1); port 0 is returned as
+/// is (only a listener may use it). Host names are not
+/// resolved: a balancer must not block a reload on DNS, and DNS-based discovery of clones
+/// is its own feature.
+pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("missing :PORT".into());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port \"{port}\" is not a number in 1..=65535"))?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        // e.g. "::1:80": an IPv6 address needs brackets to carry a port.
+        return Err("an IPv6 address with a port must be written [ADDR]:PORT".into());
+    }
+    Err(format!(
+        "\"{host}\" is not an IP address (host names are not resolved)"
+    ))
+}
+
+/// A set of status codes: "200-399", "200", "200,204", or a mix ("200-299,304").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let code = |t: &str| -> Result<u16, String> {
+            match t.trim().parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(c),
+                _ => Err(format!("\"{}\" is not a status code (100..=599)", t.trim())),
+            }
+        };
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            let range = match part.split_once('-') {
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => {
+                    let c = code(part)?;
+                    (c, c)
+                }
+            };
+            if range.0 > range.1 {
+                return Err(format!("range {}-{} is empty", range.0, range.1));
+            }
+            out.push(range);
+        }
+        Ok(StatusRanges(out))
+    }
+}
