@@ -195,7 +195,7 @@ impl Balancer {
         let runtime = Runtime::start()?;
         let (http, https) = inputs.config.listen.addresses();
         let max_connections = inputs.config.limits.max_connections;
-        let watch_file = true; // MERGE: inputs.config.reload.watch
+        let watch_file = inputs.config.reload.watch;
         let control = ControlState::new(inputs, runtime.handle().clone());
         let reloader = file.map(|(path, loaded)| Reloader::new(path, loaded, Arc::clone(&control)));
         if let Some(r) = reloader.as_ref().filter(|_| watch_file) {

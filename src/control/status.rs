@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::backend::{BackendState, STATUS_CLASSES};
-use crate::config::StrategyKind;
+use crate::strategy::StrategyKind;
 
 /// A snapshot of the balancer's run-time state.
 #[derive(Debug, Clone)]

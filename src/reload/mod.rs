@@ -83,7 +83,7 @@ fn read(path: &Path) -> Result<String, LoadError> {
         diagnostics: vec![config::Diagnostic {
             line: 1,
             col: 1,
-            error: crate::error::ConfigError::Io(e.to_string()), // MERGE: config::ConfigError,
+            error: config::ConfigError::Io(e.to_string()),
         }],
     })
 }
