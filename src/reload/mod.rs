@@ -167,11 +167,7 @@ impl Reloader {
         self.update_watches();
         let weak = Arc::downgrade(self);
         self.control.runtime().spawn(async move {
-            while let Some(mut force) = rx.recv().await {
-                watch::settle().await;
-                while let Ok(f) = rx.try_recv() {
-                    force |= f;
-                }
+            while let Some(force) = watch::next_change(&mut rx).await {
                 let Some(reloader) = weak.upgrade() else {
                     return;
                 };

@@ -57,7 +57,11 @@ pub(super) async fn serve(
     // plain HTTP/1.1 connection would pay for all of them in memory.
     match transport {
         Transport::Plain => {
-            match tokio::time::timeout_at(deadline, Prefixed::detect_h2(stream)).await {
+            let detected = tokio::select! {
+                d = tokio::time::timeout_at(deadline, Prefixed::detect_h2(stream)) => d,
+                _ = stopping(&signal) => return,
+            };
+            match detected {
                 Ok(Ok((io, true))) => Box::pin(run_h2(cx, io, signal)).await,
                 Ok(Ok((io, false))) => Box::pin(run_h1(cx, io, signal)).await,
                 _ => tracing::debug!(client = %peer, "connection closed before its first request"),
@@ -65,7 +69,11 @@ pub(super) async fn serve(
         }
         Transport::Tls(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await {
+            let handshake = tokio::select! {
+                h = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))) => h,
+                _ = stopping(&signal) => return,
+            };
+            match handshake {
                 Ok(Ok(tls)) => {
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                         Box::pin(run_h2(cx, tls, signal)).await;
@@ -80,6 +88,14 @@ pub(super) async fn serve(
             }
         }
     }
+}
+
+/// Resolves once the balancer stops: a connection that has not sent its first request yet
+/// (HTTP/2 detection, TLS handshake) is closed at once, like an idle kept-alive one, so it
+/// cannot hold a graceful stop for `header_read_timeout`.
+async fn stopping(signal: &watch::Receiver<Signal>) {
+    let mut signal = signal.clone();
+    let _ = signal.wait_for(|s| *s != Signal::Run).await;
 }
 
 /// Serve `$conn` (a hyper connection future) until it ends; on a graceful stop, let it
