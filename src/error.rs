@@ -64,8 +64,7 @@ impl RequestError {
 }
 
 /// Why a request body being forwarded stopped early (the `Error` of
-/// [`crate::upstream_body::UpstreamBody`]; found again in hyper's error chain by
-/// [`crate::forward`]).
+/// `UpstreamBody`; found again in hyper's error chain by `forward`).
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("client body failed: {0}")]

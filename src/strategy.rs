@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::backend::Backend;
-
 /// Which strategy a routing table uses (`[balancer] strategy` in lb.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -43,25 +41,6 @@ pub trait Candidates {
     /// In-flight requests on clone `i`.
     fn load(&self, i: usize) -> usize;
     fn weight(&self, i: usize) -> u32;
-}
-
-impl Candidates for [Backend] {
-    #[inline]
-    fn count(&self) -> usize {
-        self.len()
-    }
-    #[inline]
-    fn available(&self, i: usize) -> bool {
-        self[i].is_available()
-    }
-    #[inline]
-    fn load(&self, i: usize) -> usize {
-        self[i].state.in_flight()
-    }
-    #[inline]
-    fn weight(&self, i: usize) -> u32 {
-        self[i].weight
-    }
 }
 
 /// A way of picking one clone per request.

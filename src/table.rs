@@ -16,7 +16,7 @@ use rand::Rng;
 
 use crate::backend::{Backend, BackendState};
 use crate::config::{Config, LimitsConfig, ProxyConfig};
-use crate::strategy::{Picker, Strategy};
+use crate::strategy::{Candidates, Picker, Strategy};
 
 /// What every thread reads: the current table, swapped whole by reload.
 pub type SharedTable = ArcSwap<RoutingTable>;
@@ -137,6 +137,27 @@ impl RoutingTable {
 
     pub fn picker(&self) -> &Picker {
         &self.picker
+    }
+}
+
+/// The real table's clones as a strategy sees them: availability and load are the clones'
+/// atomics (the strategy module knows nothing of clones).
+impl Candidates for [Backend] {
+    #[inline]
+    fn count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn available(&self, i: usize) -> bool {
+        self[i].is_available()
+    }
+    #[inline]
+    fn load(&self, i: usize) -> usize {
+        self[i].state.in_flight()
+    }
+    #[inline]
+    fn weight(&self, i: usize) -> u32 {
+        self[i].weight
     }
 }
 

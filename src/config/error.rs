@@ -2,7 +2,7 @@
 //! [`Diagnostic`] (a problem and its position), [`LoadError`] (every problem of one file)
 //! and the `PATH:LINE:COL: message` rendering.
 //!
-//! Must not touch: `crate::error` (which re-exports [`ConfigError`] for compatibility; the
+//! Must not touch: `error.rs` (which re-exports [`ConfigError`] for compatibility; the
 //! dependency goes that way only) or anything on the request path.
 
 use std::net::SocketAddr;

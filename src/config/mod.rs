@@ -3,7 +3,7 @@
 //!
 //! Pure: no sockets, no shared state. The reload path and `clonelb check` both call
 //! [`load`] / [`parse`], so a file `check` accepts is exactly a file `run` accepts. This
-//! module imports nothing from the request path nor from `crate::error` (which re-exports
+//! module imports nothing from the request path nor from `error.rs` (which re-exports
 //! [`ConfigError`] from here); of the rest of the crate it only uses
 //! [`crate::strategy::StrategyKind`], which it maps `[balancer] strategy` to.
 //!
@@ -25,7 +25,6 @@
 
 use std::path::Path;
 
-use serde::Serialize;
 use toml::de::DeTable;
 
 mod error;
@@ -34,43 +33,16 @@ mod section;
 mod validate;
 mod values;
 mod walk;
+mod walker;
 
 pub use self::error::{format_diagnostic, ConfigError, Diagnostic, LoadError};
 pub use self::schema::{
-    BackendConfig, BalancerConfig, HealthConfig, LimitsConfig, ListenConfig, ProxyConfig,
+    BackendConfig, BalancerConfig, Config, HealthConfig, LimitsConfig, ListenConfig, ProxyConfig,
     ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_SIZE,
 };
 pub use self::values::{parse_address, parse_duration, parse_size, StatusRanges};
 pub use crate::strategy::StrategyKind;
-use walk::Walker;
-
-/// The whole validated configuration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Config {
-    pub listen: ListenConfig,
-    pub balancer: BalancerConfig,
-    pub proxy: ProxyConfig,
-    /// `None` when `[health]` is absent: no active checks (passive ejection still applies).
-    pub health: Option<HealthConfig>,
-    pub limits: LimitsConfig,
-    pub reload: ReloadConfig,
-    pub backends: Vec<BackendConfig>,
-}
-
-impl Config {
-    /// Consecutive connection-level failures that eject a clone: `[health]
-    /// unhealthy_threshold`, or its default when `[health]` is absent.
-    pub fn ejection_threshold(&self) -> u32 {
-        self.health
-            .as_ref()
-            .map_or(DEFAULT_UNHEALTHY_THRESHOLD, |h| h.unhealthy_threshold)
-    }
-
-    /// Whether a 5xx answer counts as a failure towards passive ejection.
-    pub fn eject_on_5xx(&self) -> bool {
-        self.health.as_ref().is_some_and(|h| h.eject_on_5xx)
-    }
-}
+use walker::Walker;
 
 /// A valid configuration and the warnings found on the way (e.g. no clones).
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! reference. Rules that tie several keys together (listeners and TLS files, health
 //! `timeout` < `interval`, unique clones) are in `walk.rs`.
 //!
-//! Must not touch: I/O, shared state, the request path, `crate::error`.
+//! Must not touch: I/O, shared state, the request path, `error.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -167,5 +167,33 @@ section! {
         name: String = String::new() => text,
         /// 1..=1000, default 1.
         weight: u32 = 1 => weight,
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub balancer: BalancerConfig,
+    pub proxy: ProxyConfig,
+    /// `None` when `[health]` is absent: no active checks (passive ejection still applies).
+    pub health: Option<HealthConfig>,
+    pub limits: LimitsConfig,
+    pub reload: ReloadConfig,
+    pub backends: Vec<BackendConfig>,
+}
+
+impl Config {
+    /// Consecutive connection-level failures that eject a clone: `[health]
+    /// unhealthy_threshold`, or its default when `[health]` is absent.
+    pub fn ejection_threshold(&self) -> u32 {
+        self.health
+            .as_ref()
+            .map_or(DEFAULT_UNHEALTHY_THRESHOLD, |h| h.unhealthy_threshold)
+    }
+
+    /// Whether a 5xx answer counts as a failure towards passive ejection.
+    pub fn eject_on_5xx(&self) -> bool {
+        self.health.as_ref().is_some_and(|h| h.eject_on_5xx)
     }
 }

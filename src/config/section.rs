@@ -7,7 +7,7 @@
 
 use toml::de::DeTable;
 
-use super::walk::Walker;
+use super::walker::Walker;
 
 /// A table of lb.toml declared with `section!`.
 pub(super) trait Section: Sized {
@@ -65,7 +65,7 @@ macro_rules! section {
 
             fn read_keys(
                 &mut self,
-                w: &mut $crate::config::walk::Walker<'_>,
+                w: &mut $crate::config::walker::Walker<'_>,
                 t: &::toml::de::DeTable<'_>,
             ) {
                 $( w.$check(t, stringify!($field), $($($arg,)*)? &mut self.$field); )*

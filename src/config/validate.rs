@@ -18,7 +18,7 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::schema::MAX_WEIGHT;
 use super::values::{parse_address, parse_duration, parse_size, StatusRanges};
-use super::walk::{find, Walker};
+use super::walker::{find, Walker};
 use crate::strategy::StrategyKind;
 
 impl Walker<'_> {

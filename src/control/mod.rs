@@ -6,7 +6,7 @@
 //! desired state, [`ControlState::publish`] (its [`Inputs`]: the validated lb.toml today;
 //! discovered clones and admin overrides plug in here); one read-only view,
 //! [`ControlState::status`], tells everyone else what is running. The file side (watch,
-//! read, parse, then `publish`) is [`crate::reload`]; the runtime it all runs on and the
+//! read, parse, then `publish`) is the `reload` module; the runtime it all runs on and the
 //! signal handlers are [`runtime`].
 //!
 //! A publish is a transaction: build a new table (reusing the state of every clone whose

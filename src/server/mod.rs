@@ -8,7 +8,7 @@
 //!
 //! A worker accepts on the plain listener, the TLS listener, or both; `conn` serves each
 //! connection (TLS handshake or HTTP/2 detection, then hyper's HTTP/1.1 or HTTP/2 server)
-//! under the per-connection deadlines of [`crate::deadline`], and stops it gracefully on
+//! under the per-connection deadlines of [`deadline`], and stops it gracefully on
 //! shutdown.
 //!
 //! Owns: the worker threads and their runtimes, listening sockets, client connections and
