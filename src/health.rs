@@ -158,7 +158,7 @@ fn jittered(interval: Duration, rng: &mut impl Rng) -> Duration {
 }
 
 /// Check one clone forever (until the task is aborted).
-pub async fn check_loop(name: Arc<str>, state: Arc<BackendState>, cfg: Arc<HealthConfig>) {
+pub async fn check_loop(state: Arc<BackendState>, cfg: Arc<HealthConfig>) {
     let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
     let mut counter = HealthCounter::new(
         !state.is_down(),
@@ -178,11 +178,11 @@ pub async fn check_loop(name: Arc<str>, state: Arc<BackendState>, cfg: Arc<Healt
         match (counter.record(outcome.is_ok()), &outcome) {
             (Some(Transition::Up), _) => {
                 readmit(&state, 0);
-                tracing::info!(clone = %name, address = %state.address(), "clone up: health checks pass");
+                tracing::info!(clone = %state.name(), address = %state.address(), "clone up: health checks pass");
             }
             (Some(Transition::Down), Err(why)) => {
                 state.set_down(true);
-                tracing::warn!(clone = %name, address = %state.address(), reason = %why, "clone down: health checks fail");
+                tracing::warn!(clone = %state.name(), address = %state.address(), reason = %why, "clone down: health checks fail");
             }
             _ => {}
         }
@@ -293,11 +293,7 @@ impl HealthChecks {
         });
         for b in clones {
             self.tasks.entry(b.address).or_insert_with(|| {
-                let task = rt.spawn(check_loop(
-                    Arc::clone(&b.name),
-                    Arc::clone(&b.state),
-                    Arc::clone(&cfg),
-                ));
+                let task = rt.spawn(check_loop(Arc::clone(&b.state), Arc::clone(&cfg)));
                 (Arc::clone(&b.state), task)
             });
         }

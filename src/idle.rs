@@ -1,13 +1,16 @@
 //! A clone's idle upstream HTTP/1.1 connections, kept alive for the next request.
 //!
-//! Lives inside the clone's `BackendState`, so it carries over on reload,
-//! is cleared when the clone drains and is dropped with it. Requests to different clones
-//! never share a lock; for one clone the critical section is one `Vec` push or pop.
+//! Lives inside the clone's `BackendState`, so it carries over on reload, is cleared when
+//! the clone drains and is dropped with it. Requests to different clones never share a
+//! lock; for one clone the critical section is a push, or a look from the newest end for a
+//! connection that is ready (almost always the first one looked at), or a pop.
 //!
-//! A connection enters the pool only when its previous response body was read to the end
-//! without error (see `ResponseBody`); one that saw an error is dropped,
-//! which closes it. Last in, first out, so the warmest connections are reused and the
-//! surplus ages out on the clone's own keep-alive timeout.
+//! A connection is kept only when its previous response body was read to the end without
+//! error (see `ResponseBody`); one that saw an error is dropped, which closes it. Last in,
+//! first out, so the warmest connections are reused and the surplus ages out on the clone's
+//! own keep-alive timeout.
+//!
+//! Owns: idle connections. Must not touch: the clone's flags and counters, the request.
 
 use std::sync::{Mutex, PoisonError};
 

@@ -41,7 +41,7 @@ use crate::forward::{self, SendFailure};
 use crate::health::{self, Attempt};
 use crate::idle::Sender;
 use crate::record::Outcome;
-use crate::table::{Policy, SharedTable};
+use crate::table::{Policy, RoutingTable, SharedTable};
 use crate::upstream_body::UpstreamBody;
 
 thread_local! {
@@ -52,7 +52,11 @@ thread_local! {
 /// Pick an available clone not in `tried` from the current table and count the attempt
 /// on it. The table guard never outlives this call.
 fn acquire(table: &SharedTable, tried: &[SocketAddr]) -> Option<InFlightGuard> {
-    let table = table.load();
+    pick(&table.load(), tried)
+}
+
+/// Pick from a table already loaded.
+fn pick(table: &RoutingTable, tried: &[SocketAddr]) -> Option<InFlightGuard> {
     RNG.with(|rng| {
         let rng = &mut *rng.borrow_mut();
         if tried.is_empty() {
@@ -71,7 +75,9 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut rec = Recorder::start(Arc::clone(&cx), req.method());
     let cx = &*cx;
-    let policy = *cx.shared.table.load().policy();
+    // One table load for the checks and the first pick; the guard is gone before any await.
+    let table = cx.shared.table.load();
+    let policy = *table.policy();
     let mut req = req;
     // The client side of a WebSocket handshake: its socket, once hyper has sent our 101.
     let client_upgrade = forward::is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
@@ -80,7 +86,9 @@ pub async fn handle(
         Ok(p) => (p.request, p.close_after),
         Err(e) => return Ok(own_answer(&ProxyError::Rejected(e), rec)),
     };
-    let Some(mut guard) = acquire(&cx.shared.table, &[]) else {
+    let first = pick(&table, &[]);
+    drop(table);
+    let Some(mut guard) = first else {
         return Ok(own_answer(&ProxyError::NoClone, rec));
     };
     // The head of a request that may be repeated after the clone saw it (idempotent, no
@@ -133,18 +141,18 @@ pub async fn handle(
                     _ => None,
                 };
                 let Some(again) = again else {
-                    tracing::debug!(error = %error, "request failed");
+                    tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, "request failed");
                     drop(guard);
                     return Ok(own_answer(&error, rec));
                 };
                 tried.push(state.address());
                 let Some(next) = acquire(&cx.shared.table, &tried) else {
-                    tracing::debug!(error = %error, "request failed; no other clone to retry on");
+                    tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, "request failed; no other clone to retry on");
                     drop(guard);
                     return Ok(own_answer(&error, rec));
                 };
                 state.count_retry();
-                tracing::debug!(error = %error, next = %next.state().address(), "retrying on another clone");
+                tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, next = %next.state().address(), "retrying on another clone");
                 guard = next;
                 req = again;
             }

@@ -85,10 +85,11 @@ async fn connect_slow(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::Upstream { address, source })?;
+    let name = state.name();
     let task = tokio::spawn(async move {
         // with_upgrades: after a 101 the connection hands its socket to a WebSocket tunnel.
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(clone = %address, error = %e, "upstream connection ended");
+            tracing::debug!(clone = %name, address = %address, error = %e, "upstream connection ended");
         }
     });
     // So the end of a drain can close it (see BackendState::cut_connections).
