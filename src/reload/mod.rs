@@ -7,7 +7,7 @@
 //! [`load`] is the one "read the file, parse, load TLS" sequence: start-up, every reload
 //! and `clonelb check` use it.
 //!
-//! Triggers: the file watcher ([`watch`]; off with `[reload] watch = false`) and SIGHUP
+//! Triggers: the file watcher (`watch/`: settled files, symlink chains; off with `[reload] watch = false`) and SIGHUP
 //! (set up by `clonelb run`), which always reloads.
 //!
 //! Owns: the config file, its last text, the watcher. Must not touch: the table or any
@@ -159,7 +159,7 @@ impl Reloader {
 }
 
 impl Reloader {
-    /// Reload whenever lb.toml (or a TLS file it names) changes; see [`watch`].
+    /// Reload whenever lb.toml (or a TLS file it names) changes (see the `watch` module).
     pub fn watch(self: &Arc<Self>) -> notify::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(16);
         let watcher = watch::FileWatcher::new(tx)?;
