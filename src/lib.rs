@@ -248,6 +248,7 @@ impl Balancer {
         balancer.workers = workers.threads;
         balancer.http_addr = workers.http;
         balancer.https_addr = workers.https;
+        balancer.control.set_listeners(workers.http, workers.https);
         Ok(balancer)
     }
 

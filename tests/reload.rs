@@ -437,3 +437,42 @@ fn log_field(line: &str, key: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(prefix.as_str()))
         .map(str::to_string)
 }
+
+#[tokio::test]
+async fn restart_only_changes_are_logged_with_plain_addresses() {
+    let a = spawn_clone("a");
+    let lb = BinLb::start(&config_text("round-robin", &[(&a, 1)], ""));
+    let other = refused_addr();
+    let text = config_text("round-robin", &[(&a, 1)], "")
+        .replace("http = \"127.0.0.1:0\"", &format!("http = \"{other}\""));
+    std::fs::write(&lb.config, text).unwrap();
+    let warned = |l: &String| l.contains("cannot change without a restart");
+    assert!(
+        eventually(Duration::from_secs(5), || lb
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(warned))
+        .await,
+        "{:?}",
+        lb.log.lock().unwrap()
+    );
+    let line = lb
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| warned(l))
+        .cloned()
+        .unwrap();
+    let running = lb.addr.to_string();
+    let configured = other.to_string();
+    assert_eq!(log_field(&line, "running_http").as_deref(), Some(&*running));
+    assert_eq!(log_field(&line, "running_https").as_deref(), Some("none"));
+    assert_eq!(
+        log_field(&line, "configured_http").as_deref(),
+        Some(&*configured)
+    );
+    assert!(!line.contains("Some("), "Rust debug output in {line}");
+}

@@ -78,6 +78,8 @@ pub struct ControlState {
 }
 
 struct Inner {
+    /// The addresses the listeners are bound to (port 0 resolved), once they are.
+    listeners: (Option<SocketAddr>, Option<SocketAddr>),
     generation: u64,
     loaded_at: SystemTime,
     last_error: Option<Vec<String>>,
@@ -96,6 +98,7 @@ impl ControlState {
             tls: Arc::new(ArcSwapOption::new(inputs.tls)),
             rt,
             inner: Mutex::new(Inner {
+                listeners: inputs.config.listen.addresses(),
                 generation: 1,
                 loaded_at: SystemTime::now(),
                 last_error: None,
@@ -131,6 +134,11 @@ impl ControlState {
         &self.tls
     }
 
+    /// The workers are listening on these addresses (a configured port 0 resolved).
+    pub fn set_listeners(&self, http: Option<SocketAddr>, https: Option<SocketAddr>) {
+        self.lock().listeners = (http, https);
+    }
+
     /// The control runtime.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.rt
@@ -144,7 +152,7 @@ impl ControlState {
         let Inputs { mut config, tls } = inputs;
         let old = self.table.load_full();
         let running = old.config();
-        keep_restart_only_settings(&mut config, running);
+        keep_restart_only_settings(&mut config, running, inner.listeners);
         // A new certificate is used for new handshakes; open connections keep theirs. With
         // no https listener running there is nothing to give it to.
         if running.listen.https.is_some() {
@@ -307,11 +315,17 @@ impl ControlState {
 
 /// Listener addresses and `max_connections` are bound at start: a reload keeps the running
 /// values and says so.
-fn keep_restart_only_settings(config: &mut Config, running: &Config) {
+fn keep_restart_only_settings(
+    config: &mut Config,
+    running: &Config,
+    (bound_http, bound_https): (Option<SocketAddr>, Option<SocketAddr>),
+) {
     if config.listen.addresses() != running.listen.addresses() {
         tracing::warn!(
-            running = %listeners(running),
-            configured = %listeners(config),
+            running_http = %show(bound_http),
+            running_https = %show(bound_https),
+            configured_http = %show(config.listen.http),
+            configured_https = %show(config.listen.https),
             "listen.http and listen.https cannot change without a restart; keeping the running listeners"
         );
         config.listen.http = running.listen.http;
@@ -327,14 +341,9 @@ fn keep_restart_only_settings(config: &mut Config, running: &Config) {
     }
 }
 
-/// `http=127.0.0.1:8080 https=none`, for people.
-fn listeners(config: &Config) -> String {
-    let show = |a: Option<SocketAddr>| a.map_or_else(|| "none".to_string(), |a| a.to_string());
-    format!(
-        "http={} https={}",
-        show(config.listen.http),
-        show(config.listen.https)
-    )
+/// A listener address for people: `127.0.0.1:8080`, or `none`.
+fn show(address: Option<SocketAddr>) -> String {
+    address.map_or_else(|| "none".to_string(), |a| a.to_string())
 }
 
 /// `a,b,c`, at most [`LOGGED_NAMES`] names, then ` and N more`; empty for none.
