@@ -96,6 +96,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         health: None,
         limits: Default::default(),
         reload: Default::default(),
+        admin: None,
         backends: (0..n)
             .map(|i| BackendConfig {
                 address: address(i),

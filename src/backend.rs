@@ -130,8 +130,21 @@ impl BackendState {
     pub fn set_down(&self, down: bool) -> bool {
         self.set_flag(DOWN, down) & DOWN != 0
     }
+    /// Ops take the clone out of rotation (or put it back): like a draining clone, a
+    /// disabled one gets no new request, its idle connections are closed and not refilled,
+    /// and requests in flight on it finish.
     pub fn set_disabled(&self, disabled: bool) {
         self.set_flag(DISABLED, disabled);
+        if disabled {
+            self.idle.clear();
+        }
+    }
+
+    /// Whether a connection freed by a finished response may be kept for the next request
+    /// (not when the clone is draining or disabled).
+    #[inline]
+    pub fn keeps_idle(&self) -> bool {
+        self.flags.load(Relaxed) & (DISABLED | DRAINING) == 0
     }
     pub fn set_draining(&self, draining: bool) {
         self.set_flag(DRAINING, draining);

@@ -193,7 +193,7 @@ impl ResponseBody {
                 let state = guard.state();
                 match end {
                     End::Clean => {
-                        state.idle.put(sender, state.is_draining());
+                        state.idle.put(sender, !state.keeps_idle());
                         Outcome::Complete
                     }
                     End::CloneError if state.is_cut() => Outcome::Cut,

@@ -114,6 +114,7 @@ pub fn run() -> Result<(), StartError> {
         health: Some(HealthConfig::default()),
         limits: Default::default(),
         reload: Default::default(),
+        admin: None,
         backends,
     };
     // Port 8080 when free, any free port otherwise.

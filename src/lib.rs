@@ -50,6 +50,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod config;
@@ -76,6 +77,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+use crate::admin::{Admin, AdminServer};
 use crate::config::Config;
 use crate::context::Shared;
 use crate::control::runtime::{self, Runtime};
@@ -135,6 +137,7 @@ pub struct Balancer {
     signal: watch::Sender<Signal>,
     workers: Vec<JoinHandle<()>>,
     stop_signals: Option<mpsc::Receiver<()>>,
+    admin: Option<(Arc<Admin>, AdminServer)>,
     // Dropped last: the runtime the control plane's tasks run on.
     runtime: Runtime,
 }
@@ -194,6 +197,7 @@ impl Balancer {
     ) -> Result<Balancer, StartError> {
         let runtime = Runtime::start()?;
         let (http, https) = inputs.config.listen.addresses();
+        let admin_listen = inputs.config.admin.as_ref().and_then(|a| a.listen);
         let max_connections = inputs.config.limits.max_connections;
         let watch_file = inputs.config.reload.watch;
         let control = ControlState::new(inputs, runtime.handle().clone());
@@ -234,8 +238,15 @@ impl Balancer {
             signal,
             workers: Vec::new(),
             stop_signals,
+            admin: None,
             runtime,
         };
+        if let Some(listen) = admin_listen {
+            let admin = Admin::new(Arc::clone(&balancer.control), balancer.reloader.clone());
+            let server = AdminServer::start(listen, Arc::clone(&admin))?;
+            balancer.control.set_admin_listener(Some(server.addr()));
+            balancer.admin = Some((admin, server));
+        }
         let workers = server::start(
             (http, https),
             options.workers,
@@ -249,6 +260,9 @@ impl Balancer {
         balancer.http_addr = workers.http;
         balancer.https_addr = workers.https;
         balancer.control.set_listeners(workers.http, workers.https);
+        if let Some((admin, _)) = &balancer.admin {
+            admin.set_ready(true);
+        }
         Ok(balancer)
     }
 
@@ -263,6 +277,11 @@ impl Balancer {
     /// The address of the HTTPS listener, if there is one.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https_addr
+    }
+
+    /// The admin API's address, when `[admin]` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, server)| server.addr())
     }
 
     /// The current routing table snapshot.
@@ -304,11 +323,15 @@ impl Balancer {
     }
 
     fn stop(&mut self, how: Signal) {
+        if let Some((admin, _)) = &self.admin {
+            admin.set_ready(false);
+        }
         let _ = self.signal.send(how);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
         self.control.stop();
+        self.admin = None;
         self.runtime.stop();
     }
 }
@@ -335,6 +358,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     tracing::info!(
         listen = %balancer.http_addr(),
         https = %balancer.https_addr().map_or_else(|| "none".to_string(), |a| a.to_string()),
+        admin = %balancer.admin_addr().map_or_else(|| "none".to_string(), |a| a.to_string()),
         strategy = status.strategy.as_str(),
         clones = status.backends.len(),
         generation = status.generation,

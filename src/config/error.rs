@@ -73,6 +73,10 @@ pub enum ConfigError {
     TlsWithoutHttps { key: &'static str },
     #[error("`{key}` must not be empty")]
     EmptyPath { key: &'static str },
+    #[error("`{key}` must not be empty")]
+    EmptySecret { key: &'static str },
+    #[error("admin listener {address} is not on loopback: set `token` in [admin] (anyone who can reach it could steer the balancer)")]
+    AdminWithoutToken { address: SocketAddr },
     #[error("{0}")]
     Tls(String),
     #[error("`name` must not be empty")]

@@ -37,10 +37,11 @@ mod walker;
 
 pub use self::error::{format_diagnostic, ConfigError, Diagnostic, LoadError};
 pub use self::schema::{
-    BackendConfig, BalancerConfig, Config, HealthConfig, LimitsConfig, ListenConfig, ProxyConfig,
-    ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_SIZE,
+    AdminConfig, BackendConfig, BalancerConfig, Config, HealthConfig, LimitsConfig, ListenConfig,
+    ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT,
+    MIN_HEADER_SIZE,
 };
-pub use self::values::{parse_address, parse_duration, parse_size, StatusRanges};
+pub use self::values::{parse_address, parse_duration, parse_size, Secret, StatusRanges};
 pub use crate::strategy::StrategyKind;
 use walker::Walker;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::section::section;
-use super::values::StatusRanges;
+use super::values::{Secret, StatusRanges};
 use crate::strategy::StrategyKind;
 
 /// hyper cannot read request heads with a buffer under 8 KiB.
@@ -156,6 +156,18 @@ section! {
 }
 
 section! {
+    /// `[admin]`: the admin API (status, metrics, disable/enable, reload). Absent: none.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct AdminConfig in "[admin]" {
+        /// Where the admin API listens. Required in `[admin]`; needs a restart to change.
+        listen: Option<SocketAddr> = None => listener,
+        /// When set, every admin request but `GET /`, `/live` and `/ready` needs
+        /// `Authorization: Bearer <token>`. Required when `listen` is not on loopback.
+        token: Option<Secret> = None => secret,
+    }
+}
+
+section! {
     /// One `[[backend]]`: a clone.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
     pub struct BackendConfig in "[[backend]]" {
@@ -180,6 +192,8 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     pub limits: LimitsConfig,
     pub reload: ReloadConfig,
+    /// `None` when `[admin]` is absent: no admin listener.
+    pub admin: Option<AdminConfig>,
     pub backends: Vec<BackendConfig>,
 }
 

@@ -17,7 +17,7 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::schema::MAX_WEIGHT;
-use super::values::{parse_address, parse_duration, parse_size, StatusRanges};
+use super::values::{parse_address, parse_duration, parse_size, Secret, StatusRanges};
 use super::walker::{find, Walker};
 use crate::strategy::StrategyKind;
 
@@ -128,6 +128,22 @@ impl Walker<'_> {
     ) {
         if let Some((s, _)) = self.string(table, key) {
             *slot = Some(s.to_string());
+        }
+    }
+
+    /// A secret (the admin token): a non-empty string, kept out of every printout.
+    pub(super) fn secret(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &'static str,
+        slot: &mut Option<Secret>,
+    ) {
+        if let Some((s, span)) = self.string(table, key) {
+            if s.is_empty() {
+                self.report(span, ConfigError::EmptySecret { key });
+            } else {
+                *slot = Some(Secret::new(s));
+            }
         }
     }
 

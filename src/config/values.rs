@@ -105,3 +105,42 @@ impl StatusRanges {
         Ok(StatusRanges(out))
     }
 }
+
+/// A secret from lb.toml (the admin token): never printed. `Debug` and `Serialize` show
+/// `<redacted>`; [`Secret::matches`] compares in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the few places that must send it (the CLI).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is the secret, in time that depends only on the lengths (no
+    /// early exit on the first differing byte).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        let mut diff = u8::from(secret.len() != candidate.len());
+        for (i, &b) in secret.iter().enumerate() {
+            diff |= b ^ candidate.get(i).copied().unwrap_or(!b);
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}

@@ -19,7 +19,7 @@ use super::walker::{find, Walker};
 
 /// The top-level tables; each is declared in `schema.rs` (`backend` is `[[backend]]`).
 const TOP_KEYS: &[&str] = &[
-    "listen", "balancer", "proxy", "health", "limits", "reload", "backend",
+    "listen", "balancer", "proxy", "health", "limits", "reload", "admin", "backend",
 ];
 
 impl Walker<'_> {
@@ -46,6 +46,9 @@ impl Walker<'_> {
         let limits = self.optional(root, "limits");
         let health = self.table(root, "health").map(|(t, _)| self.health(t));
         let reload = self.optional(root, "reload");
+        let admin = self
+            .table(root, "admin")
+            .map(|(t, span)| self.admin(t, span));
         let backends = self.backends(root);
         Config {
             listen,
@@ -54,6 +57,7 @@ impl Walker<'_> {
             health,
             limits,
             reload,
+            admin,
             backends,
         }
     }
@@ -103,6 +107,27 @@ impl Walker<'_> {
             }
         }
         listen
+    }
+
+    /// `[admin]`: `listen` is required; off loopback a `token` is too.
+    fn admin(&mut self, t: &DeTable<'_>, span: Range<usize>) -> AdminConfig {
+        let admin: AdminConfig = self.read(t);
+        match (find(t, "listen"), admin.listen) {
+            (None, _) => self.report(
+                span,
+                ConfigError::MissingKey {
+                    table: "[admin]".into(),
+                    key: "listen",
+                },
+            ),
+            (Some((_, v)), Some(address))
+                if !address.ip().is_loopback() && find(t, "token").is_none() =>
+            {
+                self.report(v.span(), ConfigError::AdminWithoutToken { address })
+            }
+            _ => {}
+        }
+        admin
     }
 
     /// `[health]`: the check `timeout` must be shorter than the `interval`.

@@ -22,6 +22,7 @@
 pub mod runtime;
 pub mod status;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -52,13 +53,27 @@ pub struct Inputs {
     pub tls: Option<Arc<ServerConfig>>,
 }
 
-/// What a successful publish changed.
+/// What a successful publish changed: the new generation and the clones (by name) added,
+/// removed, and changed (renamed or reweighted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub generation: u64,
-    pub added: usize,
-    pub removed: usize,
-    pub changed: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// How far a clone is from being safe to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// No table has had a clone of that name since start.
+    NeverSeen,
+    /// In rotation: it will not drain by itself.
+    Enabled,
+    /// Disabled or draining, with this many requests (or WebSocket tunnels) in flight.
+    Busy(usize),
+    /// Disabled or draining with nothing in flight, or gone from the balancer.
+    Drained,
 }
 
 /// A clone removed from the table, finishing its requests.
@@ -78,13 +93,27 @@ pub struct ControlState {
 }
 
 struct Inner {
+    /// Every clone name any table has had since start (for "never seen" answers).
+    seen: HashSet<Arc<str>>,
     /// The addresses the listeners are bound to (port 0 resolved), once they are.
     listeners: (Option<SocketAddr>, Option<SocketAddr>),
+    /// The admin listener's bound address, once it is.
+    admin_listener: Option<SocketAddr>,
     generation: u64,
     loaded_at: SystemTime,
     last_error: Option<Vec<String>>,
     draining: Vec<Draining>,
     health: HealthChecks,
+}
+
+impl Inner {
+    fn remember_names(&mut self, table: &RoutingTable) {
+        for b in table.backends() {
+            if !self.seen.contains(&*b.name) {
+                self.seen.insert(Arc::clone(&b.name));
+            }
+        }
+    }
 }
 
 impl ControlState {
@@ -98,7 +127,9 @@ impl ControlState {
             tls: Arc::new(ArcSwapOption::new(inputs.tls)),
             rt,
             inner: Mutex::new(Inner {
+                seen: HashSet::new(),
                 listeners: inputs.config.listen.addresses(),
+                admin_listener: inputs.config.admin.as_ref().and_then(|a| a.listen),
                 generation: 1,
                 loaded_at: SystemTime::now(),
                 last_error: None,
@@ -106,7 +137,12 @@ impl ControlState {
                 health: HealthChecks::default(),
             }),
         });
-        state.sync_health(&mut state.lock());
+        {
+            let mut inner = state.lock();
+            state.sync_health(&mut inner);
+            let table = state.table.load();
+            inner.remember_names(&table);
+        }
         let weak = Arc::downgrade(&state);
         state.rt.spawn(async move {
             let mut tick = tokio::time::interval(DRAIN_TICK);
@@ -139,6 +175,52 @@ impl ControlState {
         self.lock().listeners = (http, https);
     }
 
+    /// The admin listener is bound to this address.
+    pub fn set_admin_listener(&self, admin: Option<SocketAddr>) {
+        self.lock().admin_listener = admin;
+    }
+
+    /// Ops take the clone named `name` out of rotation (`true`) or put it back. The mark
+    /// lives with the clone's state, so it survives reloads that keep the clone. Returns
+    /// the clone's status, or `None` when the table has no clone of that name.
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Option<CloneStatus> {
+        let table = self.table.load();
+        let b = table.backends().iter().find(|b| &*b.name == name)?;
+        if b.state.is_disabled() != disabled {
+            b.state.set_disabled(disabled);
+            tracing::info!(
+                clone = %b.name,
+                address = %b.address,
+                in_flight = b.state.in_flight(),
+                "{}",
+                if disabled { "clone disabled" } else { "clone enabled" }
+            );
+        }
+        Some(CloneStatus::of(&b.name, b.weight, &b.state, false))
+    }
+
+    /// Whether the clone named `name` is out of rotation and idle (see [`Drain`]).
+    pub fn drain_state(&self, name: &str) -> Drain {
+        let inner = self.lock();
+        let table = self.table.load();
+        let found = table
+            .backends()
+            .iter()
+            .chain(inner.draining.iter().map(|d| &d.backend))
+            .find(|b| &*b.name == name);
+        match found {
+            Some(b) if b.state.is_disabled() || b.state.is_draining() => {
+                match b.state.in_flight() {
+                    0 => Drain::Drained,
+                    n => Drain::Busy(n),
+                }
+            }
+            Some(_) => Drain::Enabled,
+            None if inner.seen.contains(name) => Drain::Drained,
+            None => Drain::NeverSeen,
+        }
+    }
+
     /// The control runtime.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.rt
@@ -152,7 +234,7 @@ impl ControlState {
         let Inputs { mut config, tls } = inputs;
         let old = self.table.load_full();
         let running = old.config();
-        keep_restart_only_settings(&mut config, running, inner.listeners);
+        keep_restart_only_settings(&mut config, running, inner.listeners, inner.admin_listener);
         // A new certificate is used for new handshakes; open connections keep theirs. With
         // no https listener running there is nothing to give it to.
         if running.listen.https.is_some() {
@@ -196,9 +278,9 @@ impl ControlState {
         let removed_names: Vec<&str> = removed.iter().map(|b| &*b.name).collect();
         let summary = Summary {
             generation: inner.generation + 1,
-            added: added.len(),
-            removed: removed.len(),
-            changed: changed.len(),
+            added: added.iter().map(|n| n.to_string()).collect(),
+            removed: removed_names.iter().map(|n| n.to_string()).collect(),
+            changed: changed.iter().map(|n| n.to_string()).collect(),
         };
         tracing::info!(
             generation = summary.generation,
@@ -223,6 +305,7 @@ impl ControlState {
         }
         inner.generation = summary.generation;
         inner.loaded_at = SystemTime::now();
+        inner.remember_names(&self.table.load());
         inner.last_error = None;
         self.sync_health(&mut inner);
         summary
@@ -319,7 +402,23 @@ fn keep_restart_only_settings(
     config: &mut Config,
     running: &Config,
     (bound_http, bound_https): (Option<SocketAddr>, Option<SocketAddr>),
+    bound_admin: Option<SocketAddr>,
 ) {
+    let listen_of = |c: &Config| c.admin.as_ref().and_then(|a| a.listen);
+    if listen_of(config) != listen_of(running) {
+        tracing::warn!(
+            running = %show(bound_admin),
+            configured = %show(listen_of(config)),
+            "admin.listen cannot change without a restart; keeping the running admin listener"
+        );
+        match (&mut config.admin, &running.admin) {
+            // The listener stays, and so does the token guarding it.
+            (None, Some(_)) => config.admin = running.admin.clone(),
+            (Some(_), None) => config.admin = None,
+            (Some(new), Some(old)) => new.listen = old.listen,
+            (None, None) => {}
+        }
+    }
     if config.listen.addresses() != running.listen.addresses() {
         tracing::warn!(
             running_http = %show(bound_http),

@@ -49,6 +49,9 @@ pub struct CloneStatus {
     pub address: SocketAddr,
     pub weight: u32,
     pub state: CloneState,
+    /// Failing its checks or passively ejected, whatever `state` shows first (a disabled
+    /// clone may be down too).
+    pub down: bool,
     /// Requests (and WebSocket tunnels) on it right now.
     pub in_flight: usize,
     pub counters: Counters,
@@ -123,6 +126,7 @@ impl CloneStatus {
             address: state.address(),
             weight,
             state: CloneState::of(state, draining),
+            down: state.is_down(),
             in_flight: state.in_flight(),
             counters: Counters {
                 requests: responses.iter().sum(),
