@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::{
-    BackendConfig, BalancerConfig, Config, HealthConfig, ListenConfig, ProxyConfig,
+    AdminConfig, BackendConfig, BalancerConfig, Config, HealthConfig, ListenConfig, ProxyConfig,
 };
 use crate::error::StartError;
 
@@ -107,27 +107,41 @@ pub fn run() -> Result<(), StartError> {
             weight: 1,
         });
     }
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let mut config = Config {
-        listen: ListenConfig::http(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        listen: ListenConfig::http(loopback(8080)),
         balancer: BalancerConfig::default(),
         proxy: ProxyConfig::default(),
         health: Some(HealthConfig::default()),
         limits: Default::default(),
         reload: Default::default(),
-        admin: None,
+        admin: Some(AdminConfig {
+            listen: Some(loopback(9090)),
+            token: None,
+        }),
         backends,
     };
-    // Port 8080 when free, any free port otherwise.
-    let balancer = match crate::start_with_signals(&config) {
-        Ok(b) => b,
-        Err(StartError::Bind { .. }) => {
-            config.listen = ListenConfig::http(SocketAddr::from(([127, 0, 0, 1], 0)));
-            crate::start_with_signals(&config)?
+    // Ports 8080 and 9090 when free, any free port for whichever is taken.
+    let balancer = loop {
+        match crate::start_with_signals(&config) {
+            Ok(b) => break b,
+            Err(StartError::Bind { address, .. }) if address.port() == 9090 => {
+                config.admin = Some(AdminConfig {
+                    listen: Some(loopback(0)),
+                    token: None,
+                });
+            }
+            Err(StartError::Bind { address, .. }) if address.port() == 8080 => {
+                config.listen = ListenConfig::http(loopback(0));
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
     let url = format!("http://{}/", balancer.http_addr());
     println!("{url}");
+    if let Some(admin) = balancer.admin_addr() {
+        println!("admin: http://{admin}/ (try /status and /metrics)");
+    }
     println!();
     println!(
         "clonelb demo: three clones (clone-1, clone-2, clone-3) behind a round-robin balancer."

@@ -310,6 +310,44 @@ address = "localhost:9002"
     }
 
     #[test]
+    fn admin_section() {
+        assert_eq!(parse("t", MINIMAL).unwrap().config.admin, None);
+        let c = parse(
+            "t",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"abc\"\n",
+        )
+        .unwrap()
+        .config;
+        let admin = c.admin.clone().unwrap();
+        assert_eq!(admin.listen, Some("0.0.0.0:9090".parse().unwrap()));
+        assert!(admin.token.as_ref().unwrap().matches(b"abc"));
+        assert!(!admin.token.as_ref().unwrap().matches(b"abd"));
+        assert!(!admin.token.as_ref().unwrap().matches(b"ab"));
+        assert!(
+            !format!("{c:?}").contains("abc"),
+            "the token leaks into Debug"
+        );
+        // Loopback needs no token.
+        assert!(parse(
+            "t",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"[::1]:0\"\n"
+        )
+        .is_ok());
+        assert_eq!(
+            errors("[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"10.0.0.1:9090\"\n"),
+            vec!["lb.toml:4:10: admin listener 10.0.0.1:9090 is not on loopback: set `token` in [admin] (anyone who can reach it could steer the balancer)"]
+        );
+        assert_eq!(
+            errors("[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"\"\n"),
+            vec!["lb.toml:5:9: `token` must not be empty"]
+        );
+        assert_eq!(
+            errors("[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\ntoken = \"x\"\n"),
+            vec!["lb.toml:3:1: missing required key `listen` in [admin]"]
+        );
+    }
+
+    #[test]
     fn line_col_counts_chars() {
         assert_eq!(line_col("ab\ncé d", 7), (2, 4));
         assert_eq!(line_col("", 0), (1, 1));

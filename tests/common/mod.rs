@@ -33,6 +33,8 @@ pub struct CloneStats {
     pub last_headers: Mutex<Option<HeaderMap>>,
     /// Health checks (`/healthz`) seen.
     pub checks: AtomicU64,
+    /// When each health check arrived.
+    pub check_times: Mutex<Vec<Instant>>,
     /// Status `/healthz` answers (0 = 200).
     pub health_status: AtomicU16,
     /// Accept connections but answer nothing at all.
@@ -194,6 +196,7 @@ async fn clone_service(
     }
     if req.uri().path() == "/healthz" {
         stats.checks.fetch_add(1, SeqCst);
+        stats.check_times.lock().unwrap().push(Instant::now());
         let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from("ok"))));
         *r.status_mut() = match stats.health_status.load(SeqCst) {
             0 => StatusCode::OK,
