@@ -181,7 +181,7 @@ fn status_json() -> String {
         r#"{{"version": "0.1.0", "uptime_s": 5,
             "config": {{"path": "/etc/lb.toml", "generation": 7,
                         "loaded_at": "2026-12-03T10:00:00Z",
-                        "last_error": ["/etc/lb.toml:4:9: unknown key \"wieght\""]}},
+                        "last_error": ["/etc/lb.toml:4:9: unknown key `wieght`"]}},
             "strategy": "round-robin",
             "backends": [
               {{"name": "clone-1", "address": "127.0.0.1:9001", "weight": 1, "state": "up",
@@ -214,7 +214,7 @@ fn status_prints_header_last_error_and_an_uncoloured_table() {
         [
             "generation 7, loaded 2026-12-03T10:00:00Z, strategy round-robin",
             "last reload failed:",
-            "/etc/lb.toml:4:9: unknown key \"wieght\"",
+            "/etc/lb.toml:4:9: unknown key `wieght`",
             "NAME      ADDRESS         STATE     IN-FLIGHT  REQUESTS  ERRORS   P99  LAST-CHECK",
         ],
         "{out}"
