@@ -25,6 +25,7 @@
 //! * [`reload`] — the config file: load, watch, reload (then `control` publishes);
 //! * [`tls`] — PEM files to a rustls configuration for the HTTPS listener;
 //! * [`demo`] — the embedded clones of `clonelb demo`;
+//! * [`cli`] — `clonelb status`, `disable`, `enable`, `reload`: clients of the admin API;
 //! * [`error`] — the request path's and start-up's error enums.
 //!
 //! Picking a clone from a table built from lb.toml text:
@@ -53,6 +54,7 @@
 pub mod admin;
 pub mod backend;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod control;

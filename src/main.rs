@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,60 @@ enum Command {
     },
     /// Start three embedded clones and a balancer in front of them.
     Demo,
+    /// Show the running configuration and every clone's state (via the admin API).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Take a clone out of rotation; with --wait, until nothing is in flight on it.
+    Disable {
+        /// The clone's name.
+        name: String,
+        /// Then wait until the clone has no request in flight (exit 1 at the timeout).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits ("250ms", "2s", "1m").
+        #[arg(long, requires = "wait", default_value = "60s", value_parser = clonelb::config::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put a disabled clone back into rotation.
+    Enable {
+        /// The clone's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Reload the balancer's config file now (exit 1 when it is rejected).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the admin commands reach the balancer.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API address [default: "listen" of the --config file's admin section].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// The config file whose admin section gives the address [default: lb.toml].
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Bearer token of the admin API [default: $CLONELB_ADMIN_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn target(self) -> clonelb::cli::Target {
+        clonelb::cli::Target {
+            admin: self.admin,
+            config: self.config,
+            token: self.token,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -63,6 +118,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status { admin } => exit(clonelb::cli::status(&admin.target())),
+        Command::Disable {
+            name,
+            wait,
+            timeout,
+            admin,
+        } => exit(clonelb::cli::disable(
+            &admin.target(),
+            &name,
+            wait.then_some(timeout),
+        )),
+        Command::Enable { name, admin } => exit(clonelb::cli::enable(&admin.target(), &name)),
+        Command::Reload { admin } => exit(clonelb::cli::reload(&admin.target())),
+    }
+}
+
+fn exit(result: Result<(), clonelb::cli::CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

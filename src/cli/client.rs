@@ -1,0 +1,249 @@
+//! The admin API client: where the admin listener is (`--admin`, else `[admin] listen` of
+//! lb.toml), and one HTTP/1.1 request per connection with hyper's `client::conn`, on a
+//! `current_thread` runtime owned by the command.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HOST, USER_AGENT};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{CliError, TOKEN_ENV};
+
+/// Opening the TCP connection to the admin listener.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A whole request (connect to the end of the body), except `wait-drained`'s, which gets
+/// its own wait plus this.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An answer: its status and whole body.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// A resolved admin endpoint with its runtime.
+pub(crate) struct Admin {
+    /// As given or read from lb.toml (for messages and the `Host` header).
+    pub addr: String,
+    /// What is connected to: `addr`, with an unspecified IP (`0.0.0.0`, `[::]`) replaced
+    /// by loopback.
+    connect_to: String,
+    token: Option<HeaderValue>,
+    /// Whether a token was given at all (to tell "needs a token" from "wrong token").
+    pub has_token: bool,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Admin {
+    pub fn new(
+        admin: Option<&str>,
+        config: Option<&Path>,
+        token: Option<&str>,
+    ) -> Result<Admin, CliError> {
+        let addr = match admin {
+            Some(a) => a.to_string(),
+            None => listen_from_config(config.unwrap_or(Path::new("lb.toml")))?,
+        };
+        let connect_to = match addr.parse::<SocketAddr>() {
+            Ok(mut a) if a.ip().is_unspecified() => {
+                a.set_ip(match a.ip() {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                });
+                a.to_string()
+            }
+            _ => addr.clone(),
+        };
+        let env_token = std::env::var(TOKEN_ENV).ok();
+        let token = token
+            .map(str::to_string)
+            .or(env_token)
+            .filter(|t| !t.is_empty());
+        let has_token = token.is_some();
+        let token = token
+            .map(|t| {
+                HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                    CliError::Local("the token has characters a header cannot carry".into())
+                })
+            })
+            .transpose()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::Local(format!("cannot start a runtime: {e}")))?;
+        Ok(Admin {
+            addr,
+            connect_to,
+            token,
+            has_token,
+            runtime,
+        })
+    }
+
+    /// Send `method path` with an empty body and read the whole answer within `timeout`.
+    pub fn call(&self, method: Method, path: &str, timeout: Duration) -> Result<Answer, CliError> {
+        let unreachable = |reason: String| CliError::Unreachable {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.addr.as_str())
+            .header(
+                USER_AGENT,
+                concat!("clonelb-cli/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(t) = &self.token {
+            builder = builder.header(AUTHORIZATION, t.clone());
+        }
+        let request = builder
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CliError::Local(format!("cannot build the request: {e}")))?;
+        self.runtime.block_on(async {
+            let exchange = async {
+                let stream = match tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    TcpStream::connect(&self.connect_to),
+                )
+                .await
+                {
+                    Err(_) => {
+                        return Err(unreachable(format!(
+                            "connection timed out after {}s",
+                            CONNECT_TIMEOUT.as_secs()
+                        )))
+                    }
+                    Ok(Err(e)) => return Err(unreachable(describe(&e))),
+                    Ok(Ok(s)) => s,
+                };
+                let _ = stream.set_nodelay(true);
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| unreachable(e.to_string()))?;
+                tokio::spawn(conn);
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| unreachable(format!("no answer: {e}")))?;
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| unreachable(format!("answer cut short: {e}")))?
+                    .to_bytes();
+                Ok(Answer { status, body })
+            };
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(unreachable(format!(
+                        "no answer within {}",
+                        humantime::format_duration(timeout)
+                    )))
+                })
+        })
+    }
+}
+
+/// `connection refused` rather than `Connection refused (os error 111)`.
+fn describe(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset".into(),
+        K::TimedOut => "connection timed out".into(),
+        K::AddrNotAvailable => "address not available".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// `[admin] listen` of the config file, read with `toml` alone (not the schema: the
+/// command line must work against any balancer's file, and only needs this one key).
+fn listen_from_config(path: &Path) -> Result<String, CliError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::NoAdmin(format!(
+            "no --admin given and cannot read {shown}: {}",
+            describe_read(&e)
+        ))
+    })?;
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        CliError::NoAdmin(format!(
+            "no --admin given and {shown} is not valid TOML: {}",
+            e.message()
+        ))
+    })?;
+    match doc.get("admin").and_then(|a| a.get("listen")) {
+        Some(toml::Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(CliError::NoAdmin(format!(
+            "no --admin given and [admin] listen in {shown} is not a string"
+        ))),
+        None => Err(CliError::NoAdmin(format!(
+            "no --admin given and {shown} has no [admin] listen"
+        ))),
+    }
+}
+
+fn describe_read(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("clonelb-cli-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn listen_is_read_from_the_admin_section_only() {
+        let ok = write(
+            "ok.toml",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n",
+        );
+        assert_eq!(listen_from_config(&ok).unwrap(), "127.0.0.1:9090");
+        let none = write("none.toml", "[listen]\nhttp = \"127.0.0.1:1\"\n");
+        let msg = listen_from_config(&none).unwrap_err().to_string();
+        assert!(msg.ends_with("has no [admin] listen"), "{msg}");
+        let bad = write("bad.toml", "[admin\n");
+        let msg = listen_from_config(&bad).unwrap_err().to_string();
+        assert!(msg.contains("is not valid TOML"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        let msg = listen_from_config(Path::new("/nonexistent/lb.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "clonelb: no --admin given and cannot read /nonexistent/lb.toml: no such file"
+        );
+        for p in [ok, none, bad] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
+    fn unspecified_listen_address_is_reached_on_loopback() {
+        let a = Admin::new(Some("0.0.0.0:9090"), None, Some("t")).unwrap();
+        assert_eq!(a.connect_to, "127.0.0.1:9090");
+        let a = Admin::new(Some("[::]:9090"), None, Some("t")).unwrap();
+        assert_eq!(a.connect_to, "[::1]:9090");
+        let a = Admin::new(Some("localhost:9090"), None, Some("t")).unwrap();
+        assert_eq!(a.connect_to, "localhost:9090");
+    }
+}
