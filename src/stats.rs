@@ -63,7 +63,7 @@ pub fn bounds() -> &'static [f64] {
 }
 
 /// The bucket `d` falls in: the first whose upper bound is `>= d` (Prometheus `le`), or
-/// the `+Inf` bucket ([`FINITE`]).
+/// the `+Inf` bucket (`BOUNDS.len()`).
 #[inline]
 pub fn bucket_of(d: Duration) -> usize {
     let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);

@@ -19,7 +19,7 @@
 //! checker tasks. Must not touch: files (reload reads them), sockets of the request path,
 //! per-request state.
 
-pub mod history;
+mod history;
 pub mod runtime;
 pub mod status;
 
