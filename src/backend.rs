@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
 
 use crate::idle::IdleConns;
+use crate::stats::{ChecksCount, LastCheck, LatencyHistogram};
 
 /// A clone as the routing table sees it: identity and weight from lb.toml, plus the state.
 #[derive(Debug, Clone)]
@@ -45,7 +46,7 @@ const DRAINING: u8 = 4;
 const CUT: u8 = 8;
 
 /// Status classes counted per clone: 1xx … 5xx.
-pub const STATUS_CLASSES: usize = 5;
+pub const STATUS_CLASSES: usize = crate::stats::STATUS_CLASSES;
 
 /// Per-clone state shared by every thread and carried over by reloads.
 #[derive(Debug)]
@@ -65,6 +66,14 @@ pub struct BackendState {
     ejections: AtomicU64,
     /// Connection-level failures of real requests in a row (passive ejection).
     consecutive_failures: AtomicU32,
+    /// Time to response head of the requests answered from this clone (written by the
+    /// completion hook).
+    latency: LatencyHistogram,
+    /// Active health checks passed and failed, and the last one: written only by the
+    /// clone's checker (`health::check_loop`), read off the request path.
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
+    last_check: Mutex<Option<LastCheck>>,
     pub(crate) idle: IdleConns,
     /// The tasks driving this clone's upstream connections, so the end of a drain can
     /// close them all. Touched when a connection opens, never per request.
@@ -85,6 +94,10 @@ impl BackendState {
             retries: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            latency: LatencyHistogram::new(),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            last_check: Mutex::new(None),
             idle: IdleConns::default(),
             connections: Mutex::new(Vec::new()),
         }
@@ -232,6 +245,42 @@ impl BackendState {
     pub(crate) fn count_response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, STATUS_CLASSES) - 1;
         self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    /// Time to response head of the requests answered from this clone, since it was first
+    /// configured.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    /// Active health checks passed and failed since the clone was first configured.
+    pub fn checks(&self) -> ChecksCount {
+        ChecksCount {
+            passed: self.checks_passed.load(Relaxed),
+            failed: self.checks_failed.load(Relaxed),
+        }
+    }
+
+    /// The last active health check (`None` without `[health]`, or before the first).
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Record one active check (its checker only).
+    pub(crate) fn record_check(&self, check: LastCheck) {
+        let counter = if check.ok {
+            &self.checks_passed
+        } else {
+            &self.checks_failed
+        };
+        counter.fetch_add(1, Relaxed);
+        *self
+            .last_check
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(check);
     }
 
     pub(crate) fn count_retry(&self) {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{LimitsConfig, ProxyConfig};
 use crate::record::Completion;
+use crate::stats::ProcessStats;
 use crate::table::SharedTable;
 
 /// What every worker and every request shares: the routing table and the TLS
@@ -52,6 +53,11 @@ impl Shared {
 
     pub fn is_cutting(&self) -> bool {
         self.cutting.load(Relaxed)
+    }
+
+    /// The balancer's own counters (held by the completion hook).
+    pub fn process_stats(&self) -> &Arc<ProcessStats> {
+        self.completion.process_stats()
     }
 }
 

@@ -15,13 +15,14 @@
 //! Every transition is logged once, with the clone's name, address and the reason.
 //!
 //! Owns: the decisions. Writes only `BackendState`'s health (the `down` flag, the failure
-//! run, the failure and ejection counters). Must not touch: the routing table, draining,
+//! run, the failure and ejection counters, and — the checker alone — the checks passed
+//! and failed and the last check). Must not touch: the routing table, draining,
 //! the request path's types.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, USER_AGENT};
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, BackendState};
 use crate::config::HealthConfig;
+use crate::stats::LastCheck;
 use crate::table::Policy;
 
 /// A health transition.
@@ -149,6 +151,19 @@ pub async fn probe(address: SocketAddr, cfg: &HealthConfig) -> Result<StatusCode
     }
 }
 
+/// A check's outcome in a few words, for [`LastCheck::detail`]: `status 200`,
+/// `status 500`, `timeout after 1s`, `connection refused or reset`, `bad response`.
+pub fn check_detail(outcome: &Result<StatusCode, CheckFailure>) -> String {
+    match outcome {
+        Ok(status) | Err(CheckFailure::Status(status)) => format!("status {}", status.as_u16()),
+        Err(CheckFailure::Timeout(t)) => {
+            format!("timeout after {}", humantime::format_duration(*t))
+        }
+        Err(CheckFailure::Connect(_)) => "connection refused or reset".to_string(),
+        Err(CheckFailure::Http(_)) => "bad response".to_string(),
+    }
+}
+
 const USER_AGENT_VALUE: &str = concat!("clonelb-health/", env!("CARGO_PKG_VERSION"));
 
 /// `interval` ± 10 %.
@@ -175,6 +190,11 @@ pub async fn check_loop(state: Arc<BackendState>, cfg: Arc<HealthConfig>) {
             counter.force_down();
         }
         let outcome = probe(state.address(), &cfg).await;
+        state.record_check(LastCheck {
+            at: SystemTime::now(),
+            ok: outcome.is_ok(),
+            detail: check_detail(&outcome),
+        });
         match (counter.record(outcome.is_ok()), &outcome) {
             (Some(Transition::Up), _) => {
                 readmit(&state, 0);
@@ -398,6 +418,26 @@ mod tests {
         assert!(s.is_down(), "5xx count with eject_on_5xx");
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(s.is_down());
+    }
+
+    #[test]
+    fn check_details_are_short() {
+        let detail = |o| check_detail(&o);
+        assert_eq!(detail(Ok(StatusCode::OK)), "status 200");
+        assert_eq!(
+            detail(Err(CheckFailure::Status(StatusCode::INTERNAL_SERVER_ERROR))),
+            "status 500"
+        );
+        assert_eq!(
+            detail(Err(CheckFailure::Timeout(Duration::from_secs(1)))),
+            "timeout after 1s"
+        );
+        assert_eq!(
+            detail(Err(CheckFailure::Connect(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused
+            )))),
+            "connection refused or reset"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!   request path (HTTP/1.1, HTTP/2, WebSocket tunnels);
 //! * [`record`] — one record per finished request and the completion hook;
 //! * [`health`] — every up/down decision: active checks and passive ejection;
+//! * [`stats`] — latency histograms, the balancer's own counters, the shapes the admin
+//!   API reads;
 //! * [`control`] — the run-time state: the only writer of the table, generation, drains,
 //!   health-checker sync, [`control::Status`], the control runtime and signals;
 //! * [`reload`] — the config file: load, watch, reload (then `control` publishes);
@@ -67,6 +69,7 @@ pub mod proxy;
 pub mod record;
 pub mod reload;
 pub mod server;
+pub mod stats;
 pub mod strategy;
 pub mod table;
 pub mod tls;
@@ -229,7 +232,7 @@ impl Balancer {
         let shared = Arc::new(Shared::new(
             Arc::clone(control.table()),
             Arc::clone(control.tls()),
-            Completion::new(options.on_record),
+            Completion::new(options.on_record, Arc::clone(control.process_stats())),
         ));
         let (signal, _) = watch::channel(Signal::Run);
         let mut balancer = Balancer {

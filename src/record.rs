@@ -3,9 +3,10 @@
 //! When a request ends — its response body finished, the client went away, a drain or a
 //! shutdown cut it, or clonelb answered the error itself — exactly one [`RequestRecord`]
 //! is built (on the stack; the default path allocates nothing) and handed to
-//! [`Completion::complete`]. Its consumers: the per-clone counters by status class (always
-//! on, `BackendState` atomics), and an optional [`Hook`] (tests today; metrics, the access
-//! log and the audit plug in here).
+//! [`Completion::complete`]. Its consumers: the per-clone counters by status class and the
+//! clone's time-to-head histogram (always on, `BackendState` atomics), or, for a request
+//! answered without any clone, the same in [`ProcessStats`] (`backend="none"`); then an
+//! optional [`Hook`] (tests today; the access log and the audit plug in here).
 //!
 //! hyper's own answers to malformed request heads (its 400 and 431, sent before clonelb's
 //! service is called) produce no record: clonelb never sees those requests.
@@ -21,6 +22,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::backend::BackendState;
+use crate::stats::ProcessStats;
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,23 +87,37 @@ pub struct RequestRecord<'a> {
 /// per request: it must be quick and must not block.
 pub type Hook = Arc<dyn Fn(&RequestRecord<'_>) + Send + Sync>;
 
-/// The completion hook of a balancer: the per-clone status-class counters, then the
-/// optional [`Hook`].
+/// The completion hook of a balancer: the per-clone status-class counters and latency
+/// histogram (or the balancer's own, for requests no clone answered), then the optional
+/// [`Hook`].
 #[derive(Clone, Default)]
 pub struct Completion {
     hook: Option<Hook>,
+    process: Arc<ProcessStats>,
 }
 
 impl Completion {
-    pub fn new(hook: Option<Hook>) -> Self {
-        Completion { hook }
+    pub fn new(hook: Option<Hook>, process: Arc<ProcessStats>) -> Self {
+        Completion { hook, process }
     }
 
-    /// Hand one finished request to every consumer.
+    /// The balancer's own counters (requests without a clone, connections, reloads).
+    pub fn process_stats(&self) -> &Arc<ProcessStats> {
+        &self.process
+    }
+
+    /// Hand one finished request to every consumer. Without a hook: a few atomic adds and
+    /// a binary search over the histogram's bounds; no lock, no allocation.
     #[inline]
     pub fn complete(&self, record: &RequestRecord<'_>) {
-        if let Some(clone) = record.clone {
-            clone.count_response(record.status);
+        match record.clone {
+            Some(clone) => {
+                clone.count_response(record.status);
+                if let Some(head) = record.head_time {
+                    clone.latency().record(head);
+                }
+            }
+            None => self.process.count_unrouted(record.status, record.head_time),
         }
         if let Some(hook) = &self.hook {
             hook(record);

@@ -320,3 +320,46 @@ async fn passive_ejection_without_health_checks_and_probation() {
     assert_eq!(state.ejections_total(), 2);
     assert_eq!(state.failures_total(), failures + 1);
 }
+
+/// The checker counts every check and keeps the last one, with a short reason.
+#[tokio::test]
+async fn checks_are_counted_and_the_last_one_kept() {
+    let a = spawn_clone("a");
+    let lb = spawn_lb(&with_health(
+        config_text("round-robin", &[(&a, 1)], ""),
+        HEALTH,
+    ));
+    let a_status = || lb.status().clone_named("a").unwrap().clone();
+    let before = std::time::SystemTime::now();
+    assert!(eventually(Duration::from_secs(5), || a_status().checks.passed >= 2).await);
+    let c = a_status();
+    let last = c.last_check.unwrap();
+    assert!(last.ok && last.at >= before, "{last:?}");
+    assert_eq!(last.detail, "status 200");
+    assert_eq!(c.checks.failed, 0);
+
+    a.set_health(500);
+    assert!(eventually(Duration::from_secs(5), || a_status().checks.failed >= 1).await);
+    let c = a_status();
+    let last = c.last_check.unwrap();
+    assert!(!last.ok, "{last:?}");
+    assert_eq!(last.detail, "status 500");
+    assert!(c.checks.passed >= 2);
+    // Every check the clone saw was counted (one may be in flight).
+    let seen = a.checks();
+    let counted = c.checks.passed + c.checks.failed;
+    assert!(
+        counted == seen || counted + 1 == seen,
+        "{counted} counted, {seen} seen"
+    );
+
+    // Without [health] there is no last check.
+    let b = spawn_clone("b");
+    let plain = spawn_lb(&config_text("round-robin", &[(&b, 1)], ""));
+    let s = plain.status();
+    assert!(s.backends[0].last_check.is_none());
+    assert_eq!(
+        (s.backends[0].checks.passed, s.backends[0].checks.failed),
+        (0, 0)
+    );
+}

@@ -123,6 +123,13 @@ async fn answered_and_rejected_requests_each_produce_one_record() {
     let state = lb.table().backends()[0].state.clone();
     assert_eq!(state.responses_by_class(), [0, 1, 0, 1, 0]);
     assert_eq!(state.requests_total(), 2);
+    // Every answer with a head lands in the clone's histogram, none in backend="none".
+    let s = lb.status();
+    assert_eq!(s.backends[0].latency.count, 2);
+    assert_eq!(s.backends[0].latency.counts.iter().sum::<u64>(), 2);
+    assert!(s.backends[0].latency.sum > Duration::ZERO);
+    assert_eq!(s.process.unrouted_requests, 0);
+    assert_eq!(s.process.unrouted_latency.count, 0);
 }
 
 #[tokio::test]
@@ -151,11 +158,16 @@ async fn a_rejected_request_leaves_every_clone_untouched() {
         ),
         (None, 400, 0, Outcome::ClonelbError)
     );
-    for c in lb.status().backends {
+    let s = lb.status();
+    for c in s.backends {
         assert_eq!(c.counters, Default::default(), "{} was touched", c.name);
         assert_eq!(c.in_flight, 0);
+        assert_eq!(c.latency.count, 0, "{} was touched", c.name);
     }
     assert_eq!(a.hits() + b.hits(), 0);
+    // It is backend="none": the balancer's own counters.
+    assert_eq!(s.process.unrouted, [0, 0, 0, 1, 0]);
+    assert_eq!(s.process.unrouted_latency.count, 1);
 }
 
 #[tokio::test]
@@ -180,6 +192,12 @@ async fn retries_count_attempts_and_the_answer_counts_once_on_its_clone() {
     let on_a = s.clone_named("a").unwrap().counters;
     assert_eq!((gone.attempts, gone.requests, gone.retries), (1, 0, 1));
     assert_eq!((on_a.attempts, on_a.requests), (1, 1));
+    let latency = |name| s.clone_named(name).unwrap().latency.count;
+    assert_eq!(
+        (latency("gone"), latency("a")),
+        (0, 1),
+        "counted where answered"
+    );
 }
 
 #[tokio::test]
@@ -221,8 +239,35 @@ async fn the_balancers_own_502_names_the_last_clone_tried_and_503_none() {
         ),
         (None, 503, 0, Outcome::ClonelbError)
     );
-    let gone = lb.status().clone_named("gone").unwrap().counters;
-    assert_eq!((gone.requests, gone.responses[4]), (3, 3));
+    let s = lb.status();
+    let gone = s.clone_named("gone").unwrap();
+    assert_eq!((gone.counters.requests, gone.counters.responses[4]), (3, 3));
+    // The 502s are the clone's (with their time to head); the 503 is backend="none".
+    assert_eq!(gone.latency.count, 3);
+    assert_eq!(s.process.unrouted, [0, 0, 0, 0, 1]);
+    assert_eq!(s.process.unrouted_latency.count, 1);
+}
+
+#[tokio::test]
+async fn open_client_connections_are_counted_per_connection() {
+    let a = spawn_clone("a");
+    let records = Records::default();
+    let lb = start(&config_text("round-robin", &[(&a, 1)], ""), &records);
+    let open = || lb.status().process.downstream_connections;
+    assert_eq!(open(), 0);
+    let mut one = Client::connect(lb.http_addr()).await;
+    let two = TcpStream::connect(lb.http_addr()).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || open() == 2).await);
+    // Requests on a connection do not move it.
+    for _ in 0..3 {
+        assert_eq!(one.get("/").await.status, 200);
+    }
+    assert_eq!(open(), 2);
+    drop(two);
+    assert!(eventually(Duration::from_secs(5), || open() == 1).await);
+    drop(one);
+    assert!(eventually(Duration::from_secs(5), || open() == 0).await);
+    records.exactly(3).await;
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@
 //! checker tasks. Must not touch: files (reload reads them), sockets of the request path,
 //! per-request state.
 
+mod history;
 pub mod runtime;
 pub mod status;
 
@@ -31,15 +32,23 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::ServerConfig;
 use tokio::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendState};
 use crate::config::Config;
 use crate::health::HealthChecks;
+use crate::stats::ProcessStats;
 use crate::table::{RoutingTable, SharedTable};
+use history::History;
 
+pub use crate::stats::{
+    ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
+};
 pub use status::{CloneState, CloneStatus, Counters, Status};
 
 /// How often draining clones are looked at.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// How often the one-second ring takes its entry.
+const HISTORY_TICK: Duration = Duration::from_secs(1);
 
 /// Names listed per field in the reload log line; the rest are counted.
 const LOGGED_NAMES: usize = 10;
@@ -90,6 +99,10 @@ pub struct ControlState {
     tls: Arc<ArcSwapOption<ServerConfig>>,
     rt: tokio::runtime::Handle,
     inner: Mutex<Inner>,
+    /// The balancer's own counters (shared with the completion hook and the workers).
+    process: Arc<ProcessStats>,
+    /// Every clone's last minute; its own lock, so a tick never holds `inner`'s.
+    history: Mutex<History>,
 }
 
 struct Inner {
@@ -117,7 +130,8 @@ impl Inner {
 }
 
 impl ControlState {
-    /// Generation 1 of `inputs`. Starts the health checkers and the drain reaper on `rt`.
+    /// Generation 1 of `inputs`. Starts the health checkers, the drain reaper and the
+    /// one-second ring's task on `rt` (both tasks end once the `ControlState` is dropped).
     pub fn new(inputs: Inputs, rt: tokio::runtime::Handle) -> Arc<ControlState> {
         let state = Arc::new(ControlState {
             table: Arc::new(ArcSwap::from_pointee(RoutingTable::build(
@@ -136,6 +150,8 @@ impl ControlState {
                 draining: Vec::new(),
                 health: HealthChecks::default(),
             }),
+            process: Arc::new(ProcessStats::new()),
+            history: Mutex::new(History::default()),
         });
         {
             let mut inner = state.lock();
@@ -153,7 +169,47 @@ impl ControlState {
                 state.reap_drained();
             }
         });
+        let weak = Arc::downgrade(&state);
+        state.rt.spawn(async move {
+            let mut last = Instant::now();
+            let mut tick = tokio::time::interval_at(last + HISTORY_TICK, HISTORY_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let now = tick.tick().await;
+                let Some(state) = weak.upgrade() else { return };
+                state.take_second((now - last).as_secs_f64());
+                last = now;
+            }
+        });
         state
+    }
+
+    /// The one-second ring's tick: one entry for every clone in the table or draining.
+    fn take_second(&self, secs: f64) {
+        let mut clones: Vec<Arc<BackendState>> = self
+            .table
+            .load()
+            .backends()
+            .iter()
+            .map(|b| Arc::clone(&b.state))
+            .collect();
+        clones.extend(
+            self.lock()
+                .draining
+                .iter()
+                .map(|d| Arc::clone(&d.backend.state)),
+        );
+        self.history_lock().tick(SystemTime::now(), secs, &clones);
+    }
+
+    fn history_lock(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The balancer's own counters: requests answered without a clone, open client
+    /// connections, reloads.
+    pub fn process_stats(&self) -> &Arc<ProcessStats> {
+        &self.process
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -308,6 +364,7 @@ impl ControlState {
         inner.remember_names(&self.table.load());
         inner.last_error = None;
         self.sync_health(&mut inner);
+        self.process.count_reload(true);
         summary
     }
 
@@ -324,20 +381,22 @@ impl ControlState {
             tracing::error!("{l}");
         }
         inner.last_error = Some(lines);
+        self.process.count_reload(false);
     }
 
     /// What is running now.
     pub fn status(&self) -> Status {
         let inner = self.lock();
+        let history = self.history_lock();
         let table = self.table.load();
         let mut backends: Vec<CloneStatus> = table
             .backends()
             .iter()
-            .map(|b| CloneStatus::of(&b.name, b.weight, &b.state, false))
+            .map(|b| CloneStatus::of(&b.name, b.weight, &b.state, false, &history))
             .collect();
         backends.extend(inner.draining.iter().map(|d| {
             let b = &d.backend;
-            CloneStatus::of(&b.name, b.weight, &b.state, true)
+            CloneStatus::of(&b.name, b.weight, &b.state, true, &history)
         }));
         Status {
             generation: inner.generation,
@@ -345,6 +404,7 @@ impl ControlState {
             last_error: inner.last_error.clone(),
             strategy: table.picker().kind(),
             backends,
+            process: self.process.snapshot(),
         }
     }
 

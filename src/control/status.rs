@@ -1,12 +1,16 @@
 //! The read-only view of a running balancer ([`Status`]): what the admin API, the logs
 //! and tests read. Built on demand by [`super::ControlState::status`] from the table, the
-//! drain list and each clone's atomics; holds no reference into them.
+//! drain list, each clone's atomics and the one-second ring; holds no reference into them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::history::History;
 use crate::backend::{BackendState, STATUS_CLASSES};
+use crate::stats::{
+    ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
+};
 use crate::strategy::StrategyKind;
 
 /// A snapshot of the balancer's run-time state.
@@ -21,6 +25,9 @@ pub struct Status {
     pub strategy: StrategyKind,
     /// The table's clones in lb.toml order, then the clones still draining.
     pub backends: Vec<CloneStatus>,
+    /// The balancer's own counters: requests answered without any clone
+    /// (`backend="none"`), open client connections, reloads.
+    pub process: ProcessSnapshot,
 }
 
 impl Status {
@@ -55,6 +62,18 @@ pub struct CloneStatus {
     /// Requests (and WebSocket tunnels) on it right now.
     pub in_flight: usize,
     pub counters: Counters,
+    /// The last active health check (`None` without `[health]`, or before the first).
+    pub last_check: Option<LastCheck>,
+    /// Active health checks passed and failed since the clone was first configured.
+    pub checks: ChecksCount,
+    /// Time to response head of the requests answered from it, since it was first
+    /// configured (cumulative: the Prometheus histogram).
+    pub latency: HistogramSnapshot,
+    /// Its last minute: the one-second ring's entries summed (up to 60 s, ending at the
+    /// ring's last tick).
+    pub last_minute: LastMinute,
+    /// The same seconds one by one, oldest first (up to 60).
+    pub history: Vec<HistoryPoint>,
 }
 
 /// What a clone is doing, as one word. When several apply, the first of draining,
@@ -119,8 +138,10 @@ impl CloneStatus {
         weight: u32,
         state: &BackendState,
         draining: bool,
+        history: &History,
     ) -> CloneStatus {
         let responses = state.responses_by_class();
+        let (last_minute, history) = history.view(state);
         CloneStatus {
             name: Arc::clone(name),
             address: state.address(),
@@ -136,6 +157,11 @@ impl CloneStatus {
                 retries: state.retries_total(),
                 ejections: state.ejections_total(),
             },
+            last_check: state.last_check(),
+            checks: state.checks(),
+            latency: state.latency().snapshot(),
+            last_minute,
+            history,
         }
     }
 }

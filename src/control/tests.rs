@@ -62,6 +62,14 @@ async fn status_shows_up_down_disabled_draining_and_a_failed_reload() {
     assert_eq!(s.strategy.as_str(), "round-robin");
     assert_eq!(s.draining().count(), 1);
     assert_eq!(s.clone_named("c2").map(|c| c.address.port()), Some(2));
+    assert_eq!(
+        (s.process.reloads_success, s.process.reloads_failure),
+        (1, 1),
+        "one publish, one reject; the first load is no reload"
+    );
+    assert!(s.backends.iter().all(|c| c.last_check.is_none()
+        && c.checks == ChecksCount::default()
+        && c.latency.count == 0));
     // The next success clears the error.
     control.publish(inputs(&["127.0.0.1:1"], ""));
     assert!(control.status().last_error.is_none());
@@ -153,4 +161,102 @@ fn name_lists_stop_at_ten() {
         name_list(&refs),
         "c1,c2,c3,c4,c5,c6,c7,c8,c9,c10 and 3 more"
     );
+}
+
+/// The one-second ring in paused time: the last minute is exactly the requests of the
+/// ring's last 60 ticks; older ones are forgotten, and so are clones that left.
+#[tokio::test(start_paused = true)]
+async fn the_last_minute_counts_exactly_the_last_sixty_seconds() {
+    use crate::stats::{as_ms, bucket_of, upper_bound};
+    let control = ControlState::new(
+        inputs(&["127.0.0.1:1", "127.0.0.1:2"], ""),
+        tokio::runtime::Handle::current(),
+    );
+    let a = Arc::clone(&control.table().load().backends()[0].state);
+    let answer = |status: u16, ms: u64| {
+        a.count_response(status);
+        a.latency().record(Duration::from_millis(ms));
+    };
+    let ms_of = |ms: u64| Some(as_ms(upper_bound(bucket_of(Duration::from_millis(ms)))));
+    let a_now = || control.status().backends.swap_remove(0);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        a_now().history.is_empty(),
+        "no tick before the first second"
+    );
+    // In the first second: 98 fast answers (one a 404) and 2 slow 502s.
+    for _ in 0..97 {
+        answer(200, 2);
+    }
+    answer(404, 2);
+    answer(502, 900);
+    answer(502, 900);
+    tokio::time::sleep(Duration::from_secs(1)).await; // t = 1.5 s, one tick
+    let c = a_now();
+    assert_eq!(
+        c.last_minute,
+        LastMinute {
+            requests: 100,
+            errors: 2,
+            p50_ms: ms_of(2),
+            p99_ms: ms_of(900),
+        }
+    );
+    assert_eq!(c.history.len(), 1);
+    assert!((c.history[0].rps - 100.0).abs() < 1e-9, "{:?}", c.history);
+    assert_eq!(c.history[0].p99_ms, ms_of(900));
+    assert_eq!(c.latency.count, 100, "the cumulative histogram too");
+
+    // In the second second: 10 answers of 50 ms.
+    for _ in 0..10 {
+        answer(200, 50);
+    }
+    tokio::time::sleep(Duration::from_secs(59)).await; // t = 60.5 s, 60 ticks
+    let c = a_now();
+    assert_eq!((c.last_minute.requests, c.last_minute.errors), (110, 2));
+    assert_eq!(c.history.len(), 60);
+    assert_eq!(c.history[1].p99_ms, ms_of(50));
+    assert_eq!(c.history[2].p99_ms, None);
+    assert!(
+        c.history.windows(2).all(|w| w[0].t <= w[1].t),
+        "oldest first"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await; // the first second falls out
+    let c = a_now();
+    assert_eq!(
+        c.last_minute,
+        LastMinute {
+            requests: 10,
+            errors: 0,
+            p50_ms: ms_of(50),
+            p99_ms: ms_of(50),
+        }
+    );
+    assert_eq!(c.history.len(), 60);
+    tokio::time::sleep(Duration::from_secs(1)).await; // and the second one
+    assert_eq!(a_now().last_minute, LastMinute::default());
+    assert_eq!(control.history_lock().clones(), 2);
+
+    // A clone removed (idle: reaped at once) is forgotten at the next tick.
+    control.publish(inputs(&["127.0.0.1:1"], ""));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(control.history_lock().clones(), 1);
+}
+
+/// The ring's task holds no strong reference: it ends with the control state.
+#[tokio::test(start_paused = true)]
+async fn the_ring_stops_with_the_control_state() {
+    let control = ControlState::new(
+        inputs(&["127.0.0.1:1"], ""),
+        tokio::runtime::Handle::current(),
+    );
+    let weak = Arc::downgrade(&control);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    drop(control);
+    assert!(weak.upgrade().is_none());
+    let metrics = tokio::runtime::Handle::current().metrics();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(metrics.num_alive_tasks(), 0, "reaper and ring ended");
 }

@@ -44,6 +44,8 @@ pub(super) async fn serve(
     _held: (mpsc::Sender<()>, Option<OwnedSemaphorePermit>),
 ) {
     let accepted_at = Instant::now();
+    // The open-connections gauge, until this connection ends (or its task is dropped).
+    let _open = shared.process_stats().connection_opened();
     let _ = stream.set_nodelay(true);
     let proto = match transport {
         Transport::Plain => "http",
