@@ -36,7 +36,16 @@ pub(super) fn clone_entry(c: &CloneStatus) -> Value {
         "in_flight": c.in_flight,
         "requests_total": c.counters.requests,
         "failures_total": c.counters.failures,
-        "last_check": Value::Null, // MERGE: stats
-        "last_minute": {"requests": 0, "errors": 0, "p50_ms": Value::Null, "p99_ms": Value::Null},
+        "last_check": c.last_check.as_ref().map(|l| json!({
+            "at": rfc3339(l.at),
+            "ok": l.ok,
+            "detail": l.detail,
+        })),
+        "last_minute": {
+            "requests": c.last_minute.requests,
+            "errors": c.last_minute.errors,
+            "p50_ms": c.last_minute.p50_ms,
+            "p99_ms": c.last_minute.p99_ms,
+        },
     })
 }

@@ -11,7 +11,8 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 
-use crate::control::Status;
+use crate::control::{HistogramSnapshot, Status};
+use crate::stats;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -25,7 +26,10 @@ pub(super) fn render(s: &Status) -> Result<String, String> {
             requests.push(counter(&[("backend", &c.name), ("code", class)], n));
         }
     }
-    // MERGE: backend="none" from the process stats.
+    let process = &s.process;
+    for (class, n) in CLASSES.iter().zip(process.unrouted) {
+        requests.push(counter(&[("backend", "none"), ("code", class)], n));
+    }
     families.push(family(
         "clonelb_requests_total",
         "Client requests answered, by the clone that answered and status class.",
@@ -69,7 +73,50 @@ pub(super) fn render(s: &Status) -> Result<String, String> {
         MetricType::GAUGE,
         vec![gauge(&[], s.generation as f64)],
     ));
-    // MERGE: durations, health checks, reloads, downstream connections.
+    let mut durations: Vec<Metric> = s
+        .backends
+        .iter()
+        .map(|c| histogram(&[("backend", &c.name)], &c.latency))
+        .collect();
+    durations.push(histogram(&[("backend", "none")], &process.unrouted_latency));
+    families.push(family(
+        "clonelb_request_duration_seconds",
+        "Time from the start of a request to its response head.",
+        MetricType::HISTOGRAM,
+        durations,
+    ));
+    let mut checks = Vec::new();
+    for c in &s.backends {
+        checks.push(counter(
+            &[("backend", &c.name), ("result", "pass")],
+            c.checks.passed,
+        ));
+        checks.push(counter(
+            &[("backend", &c.name), ("result", "fail")],
+            c.checks.failed,
+        ));
+    }
+    families.push(family(
+        "clonelb_health_checks_total",
+        "Active health checks of the clone, by result.",
+        MetricType::COUNTER,
+        checks,
+    ));
+    families.push(family(
+        "clonelb_config_reloads_total",
+        "Configuration reloads since start, by result (the first load is not one).",
+        MetricType::COUNTER,
+        vec![
+            counter(&[("result", "success")], process.reloads_success),
+            counter(&[("result", "failure")], process.reloads_failure),
+        ],
+    ));
+    families.push(family(
+        "clonelb_downstream_connections",
+        "Open client connections.",
+        MetricType::GAUGE,
+        vec![gauge(&[], process.downstream_connections as f64)],
+    ));
 
     // A family with no series (no clones) cannot be written: leave it out.
     families.retain(|f| !f.get_metric().is_empty());
@@ -117,25 +164,23 @@ fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
     m
 }
 
-/// A histogram from per-bucket (not cumulative) counts over `bounds` (seconds), the last
-/// count being `+Inf`'s.
-#[allow(dead_code)] // MERGE: used once the latency histograms exist
-fn histogram(pairs: &[(&str, &str)], bounds: &[f64], counts: &[u64], sum: f64) -> Metric {
+/// A histogram from a snapshot's per-bucket (not cumulative) counts over
+/// [`stats::bounds`] (seconds), the last count being `+Inf`'s.
+fn histogram(pairs: &[(&str, &str)], h: &HistogramSnapshot) -> Metric {
     let mut cumulative = 0;
-    let mut buckets = Vec::with_capacity(bounds.len());
-    for (bound, n) in bounds.iter().zip(counts) {
+    let mut buckets = Vec::with_capacity(stats::bounds().len());
+    for (bound, n) in stats::bounds().iter().zip(&h.counts) {
         cumulative += n;
         let mut b = Bucket::default();
         b.set_upper_bound(*bound);
         b.set_cumulative_count(cumulative);
         buckets.push(b);
     }
-    let total: u64 = counts.iter().sum();
-    let mut h = Histogram::default();
-    h.set_bucket(buckets);
-    h.set_sample_count(total);
-    h.set_sample_sum(sum);
+    let mut out = Histogram::default();
+    out.set_bucket(buckets);
+    out.set_sample_count(h.count);
+    out.set_sample_sum(h.sum.as_secs_f64());
     let mut m = Metric::from_label(labels(pairs));
-    m.set_histogram(h);
+    m.set_histogram(out);
     m
 }

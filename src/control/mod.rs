@@ -252,7 +252,13 @@ impl ControlState {
                 if disabled { "clone disabled" } else { "clone enabled" }
             );
         }
-        Some(CloneStatus::of(&b.name, b.weight, &b.state, false))
+        Some(CloneStatus::of(
+            &b.name,
+            b.weight,
+            &b.state,
+            false,
+            &self.history_lock(),
+        ))
     }
 
     /// Whether the clone named `name` is out of rotation and idle (see [`Drain`]).
