@@ -625,3 +625,30 @@ async fn cli_disable_wait_returns_when_the_request_in_flight_ends() {
     let (code, out) = cli(admin, &["enable", "nobody"]).await;
     assert_eq!((code, out.trim().lines().count()), (Some(1), 1), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_turns_503_during_a_graceful_shutdown_while_live_stays_200() {
+    let a = spawn_clone("a");
+    let lb = spawn_lb(&with_admin(&[(&a, 1)], "shutdown_timeout = \"20s\"", ""));
+    let (addr, admin) = (lb.http_addr(), admin_of(&lb));
+    assert_eq!(call(admin, Method::GET, "/ready", &[]).await.0, 200);
+    let held = tokio::spawn(async move { get(addr, "/hold").await.status });
+    assert!(eventually(Duration::from_secs(5), || a.held() == 1).await);
+    // shutdown() waits for the held request, so it runs on a thread of its own.
+    let stopping = std::thread::spawn(move || lb.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if call(admin, Method::GET, "/ready", &[]).await.0 == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready stayed 200 during shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(call(admin, Method::GET, "/live", &[]).await.0, 200);
+    a.release();
+    assert_eq!(held.await.unwrap(), 200);
+    stopping.join().unwrap();
+}

@@ -260,3 +260,22 @@ async fn the_ring_stops_with_the_control_state() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(metrics.num_alive_tasks(), 0, "reaper and ring ended");
 }
+
+#[tokio::test(start_paused = true)]
+async fn admin_listen_needs_a_restart_but_a_new_token_applies() {
+    let with = |admin: &str| inputs(&["127.0.0.1:1"], &format!("[admin]\n{admin}"));
+    let control = ControlState::new(
+        with("listen = \"127.0.0.1:9090\"\ntoken = \"old\""),
+        tokio::runtime::Handle::current(),
+    );
+    control.publish(with("listen = \"127.0.0.1:9191\"\ntoken = \"new\""));
+    let table = control.table().load();
+    let admin = table.config().admin.as_ref().unwrap();
+    assert_eq!(admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+    assert!(admin.token.as_ref().unwrap().matches(b"new"));
+    // Removing [admin] keeps the running listener and the token guarding it.
+    control.publish(inputs(&["127.0.0.1:1"], ""));
+    let table = control.table().load();
+    let admin = table.config().admin.as_ref().unwrap();
+    assert!(admin.token.as_ref().unwrap().matches(b"new"));
+}
