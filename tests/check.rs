@@ -522,6 +522,37 @@ fn bad_durations() {
 }
 
 #[test]
+fn durations_above_24h_are_rejected_at_their_line() {
+    let too_long = |value: &str, key: &str| {
+        format!(
+            "invalid duration \"{value}\" for `{key}`: above the maximum 24h (allowed: more than 0, at most 24h)"
+        )
+    };
+    assert_invalid(
+        "durations-too-long",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[proxy]",
+            r#"connect_timeout = "1.5s""#,
+            r#"idle_timeout = "2days""#,
+            r#"response_timeout = "1y""#,
+            r#"drain_timeout = "10000000000000h""#,
+            r#"shutdown_timeout = "30 sec""#,
+            r#"header_read_timeout = "24h 1s""#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+        &[
+            (5, 16, &too_long("2days", "idle_timeout")),
+            (6, 20, &too_long("1y", "response_timeout")),
+            (7, 17, &too_long("10000000000000h", "drain_timeout")),
+            (9, 23, &too_long("24h 1s", "header_read_timeout")),
+        ],
+    );
+}
+
+#[test]
 fn unknown_strategy() {
     assert_invalid(
         "strategy",

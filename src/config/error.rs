@@ -33,6 +33,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("invalid duration \"{value}\" for `{key}`: above the maximum 24h (allowed: more than 0, at most 24h)")]
+    DurationTooLong { key: &'static str, value: String },
     #[error("invalid address \"{value}\": {reason} (expected IP:PORT, e.g. \"127.0.0.1:9001\" or \"[::1]:9001\")")]
     BadAddress { value: String, reason: String },
     #[error("unknown strategy \"{value}\" (expected \"round-robin\" or \"least-connections\")")]

@@ -41,7 +41,9 @@ pub use self::schema::{
     ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT,
     MIN_HEADER_SIZE,
 };
-pub use self::values::{parse_address, parse_duration, parse_size, Secret, StatusRanges};
+pub use self::values::{
+    parse_address, parse_duration, parse_size, Secret, StatusRanges, MAX_DURATION,
+};
 pub use crate::strategy::StrategyKind;
 use walker::Walker;
 
@@ -193,6 +195,51 @@ address = "localhost:9002"
                 "lb.toml:10:10: weight 0 is out of range (1..=1000)",
             ]
         );
+    }
+
+    #[test]
+    fn durations_follow_humantime_up_to_24h() {
+        let src = |value: &str| format!("{MINIMAL}[proxy]\nidle_timeout = \"{value}\"\n");
+        for (value, want) in [
+            ("250ms", Duration::from_millis(250)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("30 sec", Duration::from_secs(30)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("24h", MAX_DURATION),
+            ("1day", MAX_DURATION),
+        ] {
+            let c = parse("lb.toml", &src(value)).unwrap().config;
+            assert_eq!(c.proxy.idle_timeout, want, "{value}");
+        }
+        let too_long = |value: &str| {
+            format!(
+                "lb.toml:4:16: invalid duration \"{value}\" for `idle_timeout`: above the maximum 24h (allowed: more than 0, at most 24h)"
+            )
+        };
+        for value in ["2days", "1y", "10000000000000h", "24h 1ns", "1w"] {
+            assert_eq!(errors(&src(value)), vec![too_long(value)], "{value}");
+        }
+        // Every duration key has the same bound.
+        assert_eq!(
+            errors(&format!("{MINIMAL}[health]\ninterval = \"25h\"\n")),
+            vec!["lb.toml:4:12: invalid duration \"25h\" for `interval`: above the maximum 24h (allowed: more than 0, at most 24h)"]
+        );
+        // What humantime rejects keeps its reason.
+        for (value, reason) in [
+            ("1H", "unknown unit \"H\""),
+            ("10", "missing unit"),
+            ("0", "must be greater than zero"),
+            ("-1s", "not a number followed by a unit"),
+            ("1h, 30m", "not a number followed by a unit"),
+            ("99999999999999999999s", "too large"),
+        ] {
+            assert_eq!(
+                errors(&src(value)),
+                vec![format!("lb.toml:4:16: invalid duration \"{value}\" for `idle_timeout`: {reason} (use an integer and a unit: \"250ms\", \"2s\", \"1m\", \"1h\")")],
+                "{value}"
+            );
+        }
     }
 
     #[test]

@@ -17,17 +17,27 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::schema::MAX_WEIGHT;
-use super::values::{parse_address, parse_duration, parse_size, Secret, StatusRanges};
+use super::values::{
+    parse_address, parse_duration, parse_size, Secret, StatusRanges, MAX_DURATION,
+};
 use super::walker::{find, Walker};
 use crate::strategy::StrategyKind;
 
 impl Walker<'_> {
-    /// A duration: an integer and a unit ("250ms", "2s", "1m", "1h"); must be above zero.
+    /// A duration in humantime's grammar ("250ms", "2s", "1m", "1h 30m", "1.5s"); must be
+    /// above zero and at most [`MAX_DURATION`] (24 h).
     pub(super) fn duration(&mut self, table: &DeTable<'_>, key: &'static str, slot: &mut Duration) {
         let Some((s, span)) = self.string(table, key) else {
             return;
         };
         match parse_duration(s) {
+            Ok(d) if d > MAX_DURATION => self.report(
+                span,
+                ConfigError::DurationTooLong {
+                    key,
+                    value: s.to_string(),
+                },
+            ),
             Ok(d) => *slot = d,
             Err(reason) => self.report(
                 span,

@@ -11,7 +11,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Parse "250ms", "2s", "1m", "1h" (humantime's grammar, which also takes "1h 30m").
+/// The longest duration any lb.toml key accepts: 24 hours. Longer timeouts are typos
+/// ("2days" for "2s") more often than intent.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parse a duration in humantime's grammar: one or more spans, each a decimal number
+/// (optionally with a fraction) and a unit, spaces allowed ("250ms", "2s", "1.5s",
+/// "1h 30m", "30 sec", "2days"). The README's lb.toml reference lists the units. Zero is
+/// rejected here; the upper bound ([`MAX_DURATION`]) is the validator's.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     use humantime::DurationError as E;
     let d = humantime::parse_duration(s.trim()).map_err(|e| match e {
