@@ -6,11 +6,28 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+/// What `--help` says after the commands and options, for the top level and `run`.
+const OPERATING: &str = "\
+Reload on save: `clonelb run` reloads lb.toml when the file is closed after writing or
+renamed into place (an editor's save, `mv`, a ConfigMap update), and on SIGHUP. A file
+with problems is rejected: they are logged and the running configuration stays.
+SIGTERM or SIGINT stops gracefully (requests in flight finish, up to
+[proxy] shutdown_timeout); a second one stops at once.
+
+Logs go to stderr (stdout stays quiet, but for `check`'s summary and `demo`'s URL).
+Set the level with CLONELB_LOG, e.g. CLONELB_LOG=debug (default: info; any
+tracing-subscriber filter, e.g. CLONELB_LOG=clonelb=debug,warn).";
+
 #[derive(Parser)]
 #[command(
     name = "clonelb",
-    version,
-    about = "A load balancer for clusters of identical app servers"
+    version = env!("CLONELB_VERSION"),
+    about = "A load balancer for clusters of identical app servers",
+    long_about = "A load balancer for clusters of identical app servers (clones).\n\n\
+        `clonelb run` serves ./lb.toml (or --config PATH), `clonelb check` validates it,\n\
+        `clonelb demo` shows it at work with three embedded clones, and `status`,\n\
+        `disable`, `enable` and `reload` steer a running balancer through its admin API.",
+    after_help = OPERATING
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,7 +36,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve until SIGINT/SIGTERM.
+    /// Serve until SIGINT/SIGTERM, reloading the config file on save and on SIGHUP.
+    #[command(
+        long_about = "Serve until SIGINT/SIGTERM, reloading the config file on save and on SIGHUP.",
+        after_help = OPERATING
+    )]
     Run {
         /// Path to the configuration file.
         #[arg(long, short, default_value = "lb.toml")]
@@ -28,6 +49,7 @@ enum Command {
     /// Parse and validate a configuration file, then exit (0 valid, 1 invalid).
     Check {
         /// Path to the configuration file.
+        #[arg(default_value = "lb.toml")]
         path: PathBuf,
     },
     /// Start three embedded clones and a balancer in front of them.

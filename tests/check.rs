@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Integration tests of `clonelb check PATH`, run against the real binary.
+//! Integration tests of `clonelb check [PATH]` (default ./lb.toml), run against the real
+//! binary.
 //!
 //! Contract: a valid file exits 0 with a one-line summary on stdout; an invalid file exits
 //! 1 with every problem on its own line on stderr as `PATH:LINE:COL: message` (1-based,
@@ -247,12 +248,53 @@ fn empty_backend_array_is_valid_but_warns_at_the_key() {
 // Usage errors
 // ---------------------------------------------------------------------------------------
 
+/// `clonelb check` with no argument, run in `dir`.
+fn check_in(dir: &Path) -> Output {
+    Command::new(BIN)
+        .arg("check")
+        .current_dir(dir)
+        .env_remove("CLONELB_LOG")
+        .output()
+        .expect("run clonelb check")
+}
+
 #[test]
-fn check_without_path_is_a_usage_error() {
-    let out = run(&["check"]);
-    assert_eq!(out.status.code(), Some(2));
+fn check_without_path_checks_lb_toml_in_the_current_directory() {
+    let scratch = Scratch::new("default-path");
+    scratch.write(
+        "lb.toml",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+    );
+    let out = check_in(&scratch.dir);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text_lines(&out.stdout),
+        ["lb.toml: ok: listen http 127.0.0.1:8080, strategy round-robin, 1 clone"]
+    );
+}
+
+#[test]
+fn check_without_path_and_without_lb_toml_names_it() {
+    let scratch = Scratch::new("default-path-missing");
+    let out = check_in(&scratch.dir);
+    assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+    let stderr = text_lines(&out.stderr);
+    assert_eq!(stderr.len(), 1, "{stderr:#?}");
+    assert!(
+        stderr[0].starts_with("lb.toml:1:1: cannot read: "),
+        "{stderr:#?}"
+    );
 }
 
 #[test]
