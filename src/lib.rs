@@ -103,6 +103,10 @@ pub struct Options {
     /// Take over SIGHUP, SIGTERM and SIGINT (`clonelb run` and `demo` only; never for a
     /// balancer embedded in tests), before any listener is bound.
     signals: bool,
+    /// Start even when another process already listens on a listener's address, sharing
+    /// it through `SO_REUSEPORT` (`clonelb run --reuse-port`). Off: such an address is
+    /// refused at start (see [`server::probe`]).
+    pub reuse_port: bool,
 }
 
 impl Default for Options {
@@ -111,6 +115,7 @@ impl Default for Options {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             on_record: None,
             signals: false,
+            reuse_port: false,
         }
     }
 }
@@ -121,6 +126,13 @@ impl Options {
             workers,
             ..Options::default()
         }
+    }
+
+    /// Share the listeners' port with another process already on it (see
+    /// [`Options::reuse_port`]).
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
     }
 
     /// Hand every finished request's record to `hook` too.
@@ -252,13 +264,12 @@ impl Balancer {
             balancer.control.set_admin_listener(Some(server.addr()));
             balancer.admin = Some((admin, server));
         }
-        let workers = server::start(
-            (http, https),
-            options.workers,
-            &shared,
-            &balancer.signal,
+        let bind = server::Bind {
+            workers: options.workers,
             max_connections,
-        );
+            reuse_port: options.reuse_port,
+        };
+        let workers = server::start((http, https), bind, &shared, &balancer.signal);
         // On error, dropping the half-built balancer stops what was started.
         let workers = workers?;
         balancer.workers = workers.threads;
@@ -352,11 +363,12 @@ impl Drop for Balancer {
 }
 
 /// `clonelb run`: load the config, serve until SIGINT/SIGTERM (reloading on change and on
-/// SIGHUP), then stop gracefully. A second SIGINT/SIGTERM exits at once.
-pub fn run(config_path: &Path) -> Result<(), StartError> {
+/// SIGHUP), then stop gracefully. A second SIGINT/SIGTERM exits at once. `options` gives
+/// `reuse_port` (`--reuse-port`); the signal handlers are always installed.
+pub fn run(config_path: &Path, options: Options) -> Result<(), StartError> {
     let options = Options {
         signals: true,
-        ..Options::default()
+        ..options
     };
     let balancer = Balancer::start_from_file_with_options(config_path, options)?;
     let status = balancer.status();

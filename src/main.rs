@@ -38,13 +38,21 @@ struct Cli {
 enum Command {
     /// Serve until SIGINT/SIGTERM, reloading the config file on save and on SIGHUP.
     #[command(
-        long_about = "Serve until SIGINT/SIGTERM, reloading the config file on save and on SIGHUP.",
+        long_about = "Serve until SIGINT/SIGTERM, reloading the config file on save and on SIGHUP.\n\n\
+            Starting fails (exit 1, one line naming the address) when another process\n\
+            listens on a listen address, another clonelb included: two balancers on one\n\
+            port would split the traffic, each with its own view of lb.toml.\n\
+            --reuse-port starts beside it deliberately.",
         after_help = OPERATING
     )]
     Run {
         /// Path to the configuration file.
         #[arg(long, short, default_value = "lb.toml")]
         config: PathBuf,
+        /// Start even when another process listens on the address, sharing the port with it
+        /// (SO_REUSEPORT): e.g. a new clonelb beside the old one before stopping the old.
+        #[arg(long)]
+        reuse_port: bool,
     },
     /// Parse and validate a configuration file, then exit (0 valid, 1 invalid).
     Check {
@@ -125,13 +133,15 @@ fn main() -> ExitCode {
         raise_open_file_limit();
     }
     match cli.command {
-        Command::Run { config } => match clonelb::run(&config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
+        Command::Run { config, reuse_port } => {
+            match clonelb::run(&config, clonelb::Options::default().reuse_port(reuse_port)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Check { path } => check(&path),
         Command::Demo => match clonelb::demo::run() {
             Ok(()) => ExitCode::SUCCESS,

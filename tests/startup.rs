@@ -1,7 +1,17 @@
-//! What a new operator meets first: `--help`, `--version`.
+//! What a new operator meets first: `--help`, `--version`, a second instance on a port
+//! that is taken, `demo --listen`. Real processes of the binary, real sockets on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Output};
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clonelb");
 
@@ -104,4 +114,145 @@ fn version_line_names_the_commit_when_built_from_a_checkout() {
             "HEAD is {head}: {line:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A listen address that is taken
+// ---------------------------------------------------------------------------------------
+
+/// A `clonelb run` started here; killed (by its PID) and its directory removed on drop.
+struct Running {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// lb.toml listening on `addr` in front of `clone`, written to a fresh directory.
+fn config_on(addr: SocketAddr, clone: &TestClone) -> PathBuf {
+    let dir = fresh_dir("startup");
+    let text = config_text("round-robin", &[(clone, 1)], "")
+        .replace("http = \"127.0.0.1:0\"", &format!("http = \"{addr}\""));
+    std::fs::write(dir.join("lb.toml"), text).unwrap();
+    dir
+}
+
+fn run_command(dir: &std::path::Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(dir.join("lb.toml"))
+        .args(extra)
+        .env("CLONELB_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// `clonelb run` in `dir`, once it logs that it serves.
+fn start(dir: PathBuf, extra: &[&str]) -> Running {
+    let mut child = run_command(&dir, extra).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("clonelb serving") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let running = Running { child, dir };
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("clonelb never said it serves");
+    running
+}
+
+/// `clonelb run` in `dir` expected to exit: its exit code and stderr lines. Killed (by PID)
+/// and failed when it is still running after 20 s.
+fn refused(dir: &std::path::Path, extra: &[&str]) -> (Option<i32>, Vec<String>) {
+    let child = run_command(dir, extra).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("clonelb started instead of refusing");
+    };
+    let out = out.unwrap();
+    let lines = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (out.status.code(), lines)
+}
+
+/// One request on a new connection: the name of the clone that answered it.
+fn served_by(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer.rsplit("clone=").next().unwrap().to_string()
+}
+
+fn in_use_line(addr: SocketAddr) -> String {
+    format!("cannot listen on {addr}: address already in use by another process")
+}
+
+#[test]
+fn a_second_instance_on_the_same_port_refuses_to_start() {
+    let (a, b) = (spawn_clone("a"), spawn_clone("b"));
+    let addr = refused_addr();
+    let _first = start(config_on(addr, &a), &[]);
+    let dir = config_on(addr, &b);
+    let (code, stderr) = refused(&dir, &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!((code, stderr), (Some(1), vec![in_use_line(addr)]));
+    // Only the first serves.
+    for _ in 0..20 {
+        assert_eq!(served_by(addr), "a");
+    }
+}
+
+#[test]
+fn reuse_port_starts_a_second_instance_beside_the_first() {
+    let (a, b) = (spawn_clone("a"), spawn_clone("b"));
+    let addr = refused_addr();
+    let _first = start(config_on(addr, &a), &[]);
+    let _second = start(config_on(addr, &b), &["--reuse-port"]);
+    // The kernel spreads new connections over both instances' listeners.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..500 {
+        seen.insert(served_by(addr));
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+}
+
+#[test]
+fn a_plain_listener_on_the_port_makes_run_refuse() {
+    let c = spawn_clone("c");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let dir = config_on(addr, &c);
+    let (code, stderr) = refused(&dir, &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!((code, stderr), (Some(1), vec![in_use_line(addr)]));
 }

@@ -53,8 +53,44 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     #[cfg(unix)]
     socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
-    socket.bind(addr)?;
+    socket.bind(addr).map_err(in_use)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Fail with `AddrInUse` when another process listens on `addr` (port 0: nothing to
+/// check). The workers' listeners all set `SO_REUSEPORT` to share the port among
+/// themselves, which would let them share it with another clonelb (same user) too, each
+/// with its own view of lb.toml. So first bind a probe socket *without* `SO_REUSEPORT`
+/// (with `SO_REUSEADDR`, as the listeners have, so connections of a previous instance
+/// left in TIME_WAIT do not count) and let it go: any listener on the address, shared or
+/// not, makes that bind fail.
+///
+/// A probe is a check before the act: two instances starting at the same moment can both
+/// pass it and then share the port. It catches the common case, a second start beside a
+/// running one.
+pub fn probe(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).map_err(in_use)
+}
+
+/// An `AddrInUse` error says who has the address; others pass through.
+fn in_use(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address already in use by another process",
+        )
+    } else {
+        e
+    }
 }
 
 /// One worker's listening sockets.
@@ -176,16 +212,34 @@ pub struct Workers {
     pub https: Option<SocketAddr>,
 }
 
-/// Start `count` worker threads (at least 1), each with its own `current_thread` runtime
-/// and `SO_REUSEPORT` listeners. The first binds the configured addresses (resolving port
-/// 0); the others bind the addresses it got. Returns once all are listening.
+/// How [`start`] binds.
+#[derive(Debug, Clone, Copy)]
+pub struct Bind {
+    /// Worker threads (at least 1).
+    pub workers: usize,
+    /// `[limits] max_connections`, over all workers.
+    pub max_connections: u64,
+    /// Start even when another process listens on the addresses (see [`probe`]).
+    pub reuse_port: bool,
+}
+
+/// Start `bind.workers` worker threads (at least 1), each with its own `current_thread`
+/// runtime and `SO_REUSEPORT` listeners. Unless `reuse_port`, an address another process
+/// listens on is refused first ([`probe`]). The first worker binds the configured
+/// addresses (resolving port 0); the others bind the addresses it got. Returns once all
+/// are listening.
 pub fn start(
     (http, https): (Option<SocketAddr>, Option<SocketAddr>),
-    count: usize,
+    bind: Bind,
     shared: &Arc<Shared>,
     signal: &watch::Sender<Signal>,
-    max_connections: u64,
 ) -> Result<Workers, StartError> {
+    if !bind.reuse_port {
+        for address in [http, https].into_iter().flatten() {
+            probe(address).map_err(|source| StartError::Bind { address, source })?;
+        }
+    }
+    let (count, max_connections) = (bind.workers, bind.max_connections);
     let slots = Arc::new(Semaphore::new(
         usize::try_from(max_connections)
             .unwrap_or(usize::MAX)
