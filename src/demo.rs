@@ -60,8 +60,16 @@ async fn clone_answer(
     Ok(resp)
 }
 
+/// The balancer's address when `demo` is given none (any free port when it is taken).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
 /// Start the demo and serve until SIGINT/SIGTERM. Prints the URL as the first line.
-pub fn run() -> Result<(), StartError> {
+///
+/// The balancer listens on `listen`, an error when it is taken; without one on
+/// [`DEFAULT_LISTEN`], or any free port when that is taken. The admin API is on
+/// 127.0.0.1:9090, or any free port when that is taken (or asked for by `listen`).
+pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
     let (tx, rx) = std::sync::mpsc::channel();
     // The clones get their own thread and runtime, as separate servers would.
     std::thread::Builder::new()
@@ -108,30 +116,39 @@ pub fn run() -> Result<(), StartError> {
         });
     }
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (http, given) = match listen {
+        Some(a) => (a, true),
+        None => (DEFAULT_LISTEN, false),
+    };
+    // The admin API steps aside when the balancer is asked for its port.
+    let admin = loopback(if http.port() == 9090 { 0 } else { 9090 });
     let mut config = Config {
-        listen: ListenConfig::http(loopback(8080)),
+        listen: ListenConfig::http(http),
         balancer: BalancerConfig::default(),
         proxy: ProxyConfig::default(),
         health: Some(HealthConfig::default()),
         limits: Default::default(),
         reload: Default::default(),
         admin: Some(AdminConfig {
-            listen: Some(loopback(9090)),
+            listen: Some(admin),
             token: None,
         }),
         backends,
     };
-    // Ports 8080 and 9090 when free, any free port for whichever is taken.
+    // The default ports when free, any free port for whichever is taken (but a given
+    // listen address).
     let balancer = loop {
         match crate::start_with_signals(&config) {
             Ok(b) => break b,
-            Err(StartError::Bind { address, .. }) if address.port() == 9090 => {
+            Err(StartError::Bind { address, .. }) if address == admin && address.port() != 0 => {
                 config.admin = Some(AdminConfig {
                     listen: Some(loopback(0)),
                     token: None,
                 });
             }
-            Err(StartError::Bind { address, .. }) if address.port() == 8080 => {
+            Err(StartError::Bind { address, .. })
+                if !given && address == http && address.port() != 0 =>
+            {
                 config.listen = ListenConfig::http(loopback(0));
             }
             Err(e) => return Err(e),

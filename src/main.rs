@@ -61,7 +61,12 @@ enum Command {
         path: PathBuf,
     },
     /// Start three embedded clones and a balancer in front of them.
-    Demo,
+    Demo {
+        /// The balancer's address [default: 127.0.0.1:8080, or any free port when it is
+        /// taken]. A given address that is taken is an error.
+        #[arg(long, value_name = "ADDR", value_parser = clonelb::config::parse_address)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Show the running configuration and every clone's state (via the admin API).
     Status {
         #[command(flatten)]
@@ -129,7 +134,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if matches!(cli.command, Command::Run { .. } | Command::Demo) {
+    if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
         raise_open_file_limit();
     }
     match cli.command {
@@ -143,7 +148,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { path } => check(&path),
-        Command::Demo => match clonelb::demo::run() {
+        Command::Demo { listen } => match clonelb::demo::run(listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");

@@ -256,3 +256,79 @@ fn a_plain_listener_on_the_port_makes_run_refuse() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!((code, stderr), (Some(1), vec![in_use_line(addr)]));
 }
+
+// ---------------------------------------------------------------------------------------
+// demo --listen
+// ---------------------------------------------------------------------------------------
+
+fn demo_command(listen: SocketAddr) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--listen", &listen.to_string()])
+        .env("CLONELB_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+#[test]
+fn demo_listens_where_told() {
+    let addr = refused_addr();
+    let mut child = demo_command(addr).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let demo = Running {
+        child,
+        dir: fresh_dir("demo"),
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let mut reader = BufReader::new(stdout);
+        let _ = reader.read_line(&mut first);
+        let _ = tx.send(first);
+        // Keep reading so the demo never blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the demo printed nothing");
+    assert_eq!(first, format!("http://{addr}/\n"));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello from clone-"), "{answer}");
+    drop(demo);
+}
+
+#[test]
+fn demo_refuses_a_given_listen_address_that_is_taken() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let child = demo_command(addr).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("the demo started on another address instead of refusing");
+    };
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        in_use_line(addr) + "\n"
+    );
+}
