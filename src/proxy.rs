@@ -310,14 +310,20 @@ pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
     resp
 }
 
-fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
+/// The one plain-text line of clonelb's own answers: `414 URI Too Long: <cause>`.
+pub fn error_text(e: &ProxyError) -> String {
     let status = e.status();
-    let text = format!(
+    format!(
         "{} {}: {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         e
-    );
+    )
+}
+
+fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
+    let status = e.status();
+    let text = error_text(e);
     let mut resp = Response::new(ResponseBody::full(Bytes::new()));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
