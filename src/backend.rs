@@ -52,6 +52,9 @@ pub const STATUS_CLASSES: usize = crate::stats::STATUS_CLASSES;
 #[derive(Debug)]
 pub struct BackendState {
     address: SocketAddr,
+    /// The address as a `Host` value: what a request that came without one (HTTP/1.0) is
+    /// sent to this clone with. Built once, cloned (a reference count) per such request.
+    host: http::HeaderValue,
     /// The clone's name in the current table (a reload may rename it). Read off the
     /// request path only (logs, status).
     name: ArcSwap<Arc<str>>,
@@ -80,11 +83,18 @@ pub struct BackendState {
     connections: Mutex<Vec<AbortHandle>>,
 }
 
+/// `ip:port` (IPv6 bracketed) as a header value; an address always makes a valid one.
+fn host_value(address: SocketAddr) -> http::HeaderValue {
+    let text = address.to_string();
+    http::HeaderValue::try_from(text).unwrap_or(http::HeaderValue::from_static("localhost"))
+}
+
 impl BackendState {
     /// A clone named by its address until [`BackendState::set_name`].
     pub fn new(address: SocketAddr) -> Self {
         BackendState {
             address,
+            host: host_value(address),
             name: ArcSwap::from_pointee(Arc::from(address.to_string())),
             flags: AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
@@ -105,6 +115,11 @@ impl BackendState {
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The clone's address as a `Host` value (`127.0.0.1:9001`, `[::1]:9001`).
+    pub fn host(&self) -> &http::HeaderValue {
+        &self.host
     }
 
     /// The clone's name in the table that holds it.

@@ -82,8 +82,8 @@ pub async fn handle(
     // The client side of a WebSocket handshake: its socket, once hyper has sent our 101.
     let client_upgrade = forward::is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
     let websocket = client_upgrade.is_some();
-    let (mut req, close_after) = match forward::prepare(req, cx, &policy, websocket) {
-        Ok(p) => (p.request, p.close_after),
+    let (mut req, close_after, needs_host) = match forward::prepare(req, cx, &policy, websocket) {
+        Ok(p) => (p.request, p.close_after, p.needs_host),
         Err(e) => return Ok(own_answer(&ProxyError::Rejected(e), rec)),
     };
     let first = pick(&table, &[]);
@@ -102,6 +102,10 @@ pub async fn handle(
         // last one tried, or the one the client was waiting on when it left.
         rec.start_attempt(Arc::clone(guard.state()));
         let state = guard.state();
+        if needs_host {
+            // Each attempt's own clone: a retry overwrites the previous clone's address.
+            forward::set_fallback_host(&mut req, state.host());
+        }
         match attempt(state, req, &policy).await {
             Ok((mut resp, sender)) => {
                 let status = resp.status();
@@ -306,14 +310,20 @@ pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
     resp
 }
 
-fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
+/// The one plain-text line of clonelb's own answers: `414 URI Too Long: <cause>`.
+pub fn error_text(e: &ProxyError) -> String {
     let status = e.status();
-    let text = format!(
+    format!(
         "{} {}: {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         e
-    );
+    )
+}
+
+fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
+    let status = e.status();
+    let text = error_text(e);
     let mut resp = Response::new(ResponseBody::full(Bytes::new()));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();

@@ -8,7 +8,9 @@
 
 mod prepare;
 
-pub use prepare::{is_websocket, prepare, strip_hop_by_hop, valid_host, Prepared};
+pub use prepare::{
+    is_websocket, prepare, set_fallback_host, strip_hop_by_hop, valid_host, Prepared,
+};
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -95,6 +95,15 @@ pub struct Prepared {
     /// The framing was doubtful (`Content-Length` and `Transfer-Encoding` both sent): the
     /// client connection is closed after the response (RFC 9112 §6.1).
     pub close_after: bool,
+    /// The client sent no Host (HTTP/1.0): each attempt sets the address of its clone
+    /// (see [`set_fallback_host`]), as HTTP/1.1 requires a Host on every request.
+    pub needs_host: bool,
+}
+
+/// A request that came without Host goes to `clone` with `Host: <clone's address>` (what
+/// nginx sends by default). Called once per attempt, as a retry goes to another clone.
+pub fn set_fallback_host(req: &mut Request<UpstreamBody>, clone: &HeaderValue) {
+    req.headers_mut().insert(header::HOST, clone.clone());
 }
 
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
@@ -129,6 +138,7 @@ pub fn prepare(
         }
     }
 
+    let mut needs_host = false;
     // Absolute-form target ("GET http://a/x"): the clone gets origin-form, and Host is the
     // target's authority, whatever Host said (RFC 9112 §3.2.2).
     if let Some(authority) = parts.uri.authority() {
@@ -145,6 +155,7 @@ pub fn prepare(
             (None, _) if parts.version >= Version::HTTP_11 => {
                 return Err(RequestError::MissingHost)
             }
+            (None, _) => needs_host = true,
             (Some(_), Some(_)) => return Err(RequestError::DuplicateHost),
             (Some(h), None) if !valid_host(h) => return Err(RequestError::BadHost),
             _ => {}
@@ -186,6 +197,7 @@ pub fn prepare(
     Ok(Prepared {
         request: Request::from_parts(parts, UpstreamBody::Client(body)),
         close_after,
+        needs_host,
     })
 }
 

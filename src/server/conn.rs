@@ -133,10 +133,10 @@ fn prepare<I>(cx: ConnContext, io: I, multiplexed: bool) -> (DeadlineIo<I>, Arc<
     let io = DeadlineIo::new(
         io,
         Arc::clone(&cx.activity),
-        cx.proxy.idle_timeout,
-        cx.proxy.header_read_timeout,
+        (cx.proxy.idle_timeout, cx.proxy.header_read_timeout),
         cx.accepted_at,
         multiplexed,
+        cx.limits.max_request_line,
     );
     (io, Arc::new(cx))
 }

@@ -25,8 +25,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::request_line::{self, LineWatch, Rejecting, Verdict};
 
 /// `impl AsyncWrite for $ty<T>` passing every call to its `inner` field: the socket
 /// wrappers on the client side change how reads behave, never writes.
@@ -92,18 +94,23 @@ pub struct DeadlineIo<T> {
     phase: Phase,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
+    /// HTTP/1: each request's target against `max_request_line` as it is read.
+    line: LineWatch,
+    /// The target was too long: the 414 is being answered instead of reading on.
+    rejecting: Option<Rejecting>,
 }
 
 impl<T> DeadlineIo<T> {
     /// `started`: when the connection was accepted (the first head's deadline counts from
-    /// there, TLS handshake included).
+    /// there, TLS handshake included). `max_request_line`: see [`request_line`] (HTTP/1
+    /// only; 0 turns it off).
     pub fn new(
         inner: T,
         activity: Arc<ConnActivity>,
-        idle_timeout: Duration,
-        header_timeout: Duration,
+        (idle_timeout, header_timeout): (Duration, Duration),
         started: Instant,
         multiplexed: bool,
+        max_request_line: u64,
     ) -> Self {
         DeadlineIo {
             inner,
@@ -114,6 +121,8 @@ impl<T> DeadlineIo<T> {
             phase: Phase::Head { since: started },
             sleep: Box::pin(tokio::time::sleep_until(started + header_timeout)),
             armed: Some(started + header_timeout),
+            line: LineWatch::new(if multiplexed { 0 } else { max_request_line }),
+            rejecting: None,
         }
     }
 
@@ -126,13 +135,52 @@ impl<T> DeadlineIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
+impl<T> DeadlineIo<T> {
+    /// Nothing to read yet: fail once the current phase's deadline has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(deadline) = self.deadline() else {
+            return Poll::Pending;
+        };
+        if self.armed != Some(deadline) {
+            self.sleep.as_mut().reset(deadline);
+            self.armed = Some(deadline);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                match self.phase {
+                    Phase::Idle { .. } => "idle timeout",
+                    _ => "header read timeout",
+                },
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> DeadlineIo<T> {
+    /// Answering 414 (under the head's deadline) instead of reading on.
+    fn poll_reject(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let Some(step) = self.rejecting.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        match request_line::poll_reject(step, &mut self.inner, cx, buf) {
+            Poll::Pending => self.poll_deadline(cx),
+            done => done,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.rejecting.is_some() {
+            return this.poll_reject(cx, buf);
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if this.activity.in_progress() {
@@ -149,30 +197,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                         this.phase = Phase::Head {
                             since: Instant::now(),
                         };
+                        this.line.start();
+                    }
+                    if let Phase::Head { .. } = this.phase {
+                        if this.line.watching()
+                            && this.line.scan(&buf.filled()[before..]) == Verdict::TooLong
+                        {
+                            // hyper never sees these bytes; the connection answers 414.
+                            buf.set_filled(before);
+                            this.rejecting = Some(Rejecting::Write(0));
+                            return this.poll_reject(cx, buf);
+                        }
                     }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let Some(deadline) = this.deadline() else {
-                    return Poll::Pending;
-                };
-                if this.armed != Some(deadline) {
-                    this.sleep.as_mut().reset(deadline);
-                    this.armed = Some(deadline);
-                }
-                match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        match this.phase {
-                            Phase::Idle { .. } => "idle timeout",
-                            _ => "header read timeout",
-                        },
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => this.poll_deadline(cx),
         }
     }
 }
@@ -199,10 +240,10 @@ mod tests {
         let io = DeadlineIo::new(
             server,
             Arc::clone(&activity),
-            IDLE,
-            HEADER,
+            (IDLE, HEADER),
             Instant::now(),
             multiplexed,
+            0,
         );
         (io, client, activity)
     }
@@ -350,5 +391,27 @@ mod tests {
         pending(&mut io).await;
         advance(MS).await;
         timed_out(&mut io, "idle timeout").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_target_over_max_request_line_is_answered_414_and_never_read_by_hyper() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = duplex(1024);
+        let activity = Arc::new(ConnActivity::default());
+        let mut io = DeadlineIo::new(server, activity, (IDLE, HEADER), Instant::now(), false, 8);
+        client.write_all(b"GET /12345678").await.unwrap();
+        // The reader gets none of it; the 414 goes out and the write side is shut.
+        pending(&mut io).await;
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, request_line::RESPONSE);
+        // What the client still sends is dropped; its close ends the connection.
+        client.write_all(b"more").await.unwrap();
+        pending(&mut io).await;
+        drop(client);
+        match read(&mut io).await {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidData),
+            other => panic!("expected the end of the connection, got {other:?}"),
+        }
     }
 }

@@ -18,6 +18,7 @@
 mod conn;
 pub mod deadline;
 mod prefixed;
+mod request_line;
 
 use std::io;
 use std::net::SocketAddr;
