@@ -12,7 +12,9 @@
 //! a failed connect is retried for any request (nothing was sent); a reset or malformed
 //! answer before the response head only for an idempotent method without a body; a
 //! response timeout only with `retry_on_timeout` and under the same condition. A request
-//! whose body was partly streamed is never retried: its body is gone.
+//! whose body was partly streamed is never retried: its body is gone. A request whose
+//! clone was cut at `drain_timeout` before it answered follows the reset's rule; when it
+//! cannot be retried it is answered 503 (taken out of service), not blamed on the clone.
 //!
 //! Every request is recorded once (see [`crate::record`]): its [`Recorder`] is created
 //! first thing and travels with the answer. Each attempt's outcome is reported to
@@ -124,12 +126,22 @@ pub async fn handle(
                 ));
             }
             Err(AttemptFailure { error, request }) => {
-                let seen = if error.is_connection_failure() {
-                    Attempt::ConnectionFailure
-                } else {
-                    Attempt::OtherFailure
+                let error = match error {
+                    // Its drain timed out and the balancer cut its connections: not the
+                    // clone's failure, and nothing for passive ejection to count.
+                    e if state.is_cut() && e.fault() == Fault::Clone => ProxyError::Cut {
+                        address: state.address(),
+                    },
+                    e => e,
                 };
-                health::report(state, &policy, seen);
+                if !matches!(error, ProxyError::Cut { .. }) {
+                    let seen = if error.is_connection_failure() {
+                        Attempt::ConnectionFailure
+                    } else {
+                        Attempt::OtherFailure
+                    };
+                    health::report(state, &policy, seen);
+                }
                 let again = match (error.retry(), request) {
                     _ if tried.len() as u32 >= policy.proxy.retries => None,
                     // Handed back untouched: nothing of it reached the clone.
@@ -299,7 +311,8 @@ fn own_answer(e: &ProxyError, rec: Recorder) -> Response<ResponseBody> {
 }
 
 /// The client's answer for a failed request: the status from [`ProxyError::status`] and one
-/// short plain-text line naming the cause.
+/// short plain-text line naming the cause ([`ProxyError::client_message`]: no clone, no
+/// address).
 pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
     let (mut resp, text) = error_parts(e);
     *resp.body_mut() = ResponseBody::full(text);
@@ -308,11 +321,13 @@ pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
 
 fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
     let status = e.status();
+    // The client reads the status and a plain cause; the clone, its address and the
+    // error's detail are in the log line of the failure (`Display`).
     let text = format!(
         "{} {}: {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        e
+        e.client_message()
     );
     let mut resp = Response::new(ResponseBody::full(Bytes::new()));
     *resp.status_mut() = status;
