@@ -128,10 +128,14 @@ pub async fn handle(
             Err(AttemptFailure { error, request }) => {
                 let error = match error {
                     // Its drain timed out and the balancer cut its connections: not the
-                    // clone's failure, and nothing for passive ejection to count.
-                    e if state.is_cut() && e.fault() == Fault::Clone => ProxyError::Cut {
-                        address: state.address(),
-                    },
+                    // clone's failure, and nothing for passive ejection to count. (hyper
+                    // reports the aborted connection task as a "user" error, so this
+                    // does not go by `fault()`; a failed client body stays the client's.)
+                    e if state.is_cut() && !matches!(e, ProxyError::Rejected(_)) => {
+                        ProxyError::Cut {
+                            address: state.address(),
+                        }
+                    }
                     e => e,
                 };
                 if !matches!(error, ProxyError::Cut { .. }) {

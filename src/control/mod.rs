@@ -434,6 +434,7 @@ impl ControlState {
         let now = Instant::now();
         let before = inner.draining.len();
         inner.draining.retain(|d| {
+            // Requests (and WebSocket tunnels) still on the clone: what a cut would end.
             let in_flight = d.backend.state.in_flight();
             if in_flight == 0 {
                 tracing::info!(clone = %d.backend.name, address = %d.backend.address, "clone drained and dropped");
@@ -443,7 +444,7 @@ impl ControlState {
                 tracing::warn!(
                     clone = %d.backend.name,
                     address = %d.backend.address,
-                    in_flight,
+                    cut = in_flight,
                     "drain_timeout passed; cutting the requests still in flight"
                 );
                 d.backend.state.cut_connections();
