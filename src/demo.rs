@@ -119,6 +119,7 @@ pub fn run() -> Result<(), StartError> {
             listen: Some(loopback(9090)),
             token: None,
         }),
+        error_pages: Default::default(),
         backends,
     };
     // Ports 8080 and 9090 when free, any free port for whichever is taken.

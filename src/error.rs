@@ -243,6 +243,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("[error_pages]: {}", .0.join("; "))]
+    ErrorPages(Vec<String>),
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
 }

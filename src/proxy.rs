@@ -39,6 +39,7 @@ use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{Recorder, ResponseBody};
 use crate::context::ConnContext;
 use crate::error::{Fault, ProxyError, Retry};
+use crate::error_pages::ErrorPages;
 use crate::forward::{self, SendFailure};
 use crate::health::{self, Attempt};
 use crate::idle::Sender;
@@ -86,13 +87,19 @@ pub async fn handle(
     let websocket = client_upgrade.is_some();
     let (mut req, close_after) = match forward::prepare(req, cx, &policy, websocket) {
         Ok(p) => (p.request, p.close_after),
-        Err(e) => return Ok(own_answer(&ProxyError::Rejected(e), rec)),
+        Err(e) => {
+            return Ok(own_answer(
+                &ProxyError::Rejected(e),
+                table.error_pages(),
+                rec,
+            ))
+        }
     };
     let first = pick(&table, &[]);
-    drop(table);
     let Some(mut guard) = first else {
-        return Ok(own_answer(&ProxyError::NoClone, rec));
+        return Ok(own_answer(&ProxyError::NoClone, table.error_pages(), rec));
     };
+    drop(table);
     // The head of a request that may be repeated after the clone saw it (idempotent, no
     // body); kept only when retries are on.
     let replay =
@@ -159,13 +166,21 @@ pub async fn handle(
                 let Some(again) = again else {
                     tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, "request failed");
                     drop(guard);
-                    return Ok(own_answer(&error, rec));
+                    return Ok(own_answer(
+                        &error,
+                        cx.shared.table.load().error_pages(),
+                        rec,
+                    ));
                 };
                 tried.push(state.address());
                 let Some(next) = acquire(&cx.shared.table, &tried) else {
                     tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, "request failed; no other clone to retry on");
                     drop(guard);
-                    return Ok(own_answer(&error, rec));
+                    return Ok(own_answer(
+                        &error,
+                        cx.shared.table.load().error_pages(),
+                        rec,
+                    ));
                 };
                 state.count_retry();
                 tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, next = %next.state().address(), "retrying on another clone");
@@ -307,10 +322,17 @@ async fn attempt_fresh(
     })
 }
 
-/// clonelb's own answer to a request it could not proxy, recorded as `clonelb_error`.
-fn own_answer(e: &ProxyError, rec: Recorder) -> Response<ResponseBody> {
-    let (mut resp, text) = error_parts(e);
-    *resp.body_mut() = ResponseBody::own_answer(text, resp.status().as_u16(), rec);
+/// clonelb's own answer to a request it could not proxy, recorded as `clonelb_error`: the
+/// configured page for its status (`[error_pages]`, a `Bytes` clone), else the plain-text
+/// line.
+fn own_answer(e: &ProxyError, pages: &ErrorPages, rec: Recorder) -> Response<ResponseBody> {
+    let status = e.status();
+    let (content_type, body) = match pages.get(status.as_u16()) {
+        Some(page) => (page.content_type.clone(), page.body.clone()),
+        None => (HeaderValue::from_static(TEXT), error_text(e)),
+    };
+    let mut resp = error_head(e, content_type);
+    *resp.body_mut() = ResponseBody::own_answer(body, status.as_u16(), rec);
     resp
 }
 
@@ -318,31 +340,33 @@ fn own_answer(e: &ProxyError, rec: Recorder) -> Response<ResponseBody> {
 /// short plain-text line naming the cause ([`ProxyError::client_message`]: no clone, no
 /// address).
 pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
-    let (mut resp, text) = error_parts(e);
-    *resp.body_mut() = ResponseBody::full(text);
+    let mut resp = error_head(e, HeaderValue::from_static(TEXT));
+    *resp.body_mut() = ResponseBody::full(error_text(e));
     resp
 }
 
-fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// `STATUS REASON: cause`. The client reads the status and a plain cause; the clone, its
+/// address and the error's detail are in the log line of the failure (`Display`).
+fn error_text(e: &ProxyError) -> Bytes {
     let status = e.status();
-    // The client reads the status and a plain cause; the clone, its address and the
-    // error's detail are in the log line of the failure (`Display`).
-    let text = format!(
+    Bytes::from(format!(
         "{} {}: {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         e.client_message()
-    );
+    ))
+}
+
+fn error_head(e: &ProxyError, content_type: HeaderValue) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(Bytes::new()));
-    *resp.status_mut() = status;
+    *resp.status_mut() = e.status();
     let headers = resp.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(CONTENT_TYPE, content_type);
     if e.fault() == Fault::Client {
         // What the client sent is in doubt (framing, an unread body): do not read on.
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    (resp, Bytes::from(text))
+    resp
 }
