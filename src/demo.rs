@@ -133,6 +133,7 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
             listen: Some(admin),
             token: None,
         }),
+        error_pages: Default::default(),
         backends,
     };
     // The default ports when free, any free port for whichever is taken (but a given

@@ -53,6 +53,22 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// What the client is told: the same words as `Display` (they name nothing internal),
+    /// as a `&'static str`.
+    pub fn client_message(self) -> &'static str {
+        match self {
+            RequestError::BadTransferEncoding => "Transfer-Encoding other than \"chunked\"",
+            RequestError::TransferEncodingHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+            RequestError::MissingHost => "no Host header",
+            RequestError::DuplicateHost => "more than one Host header",
+            RequestError::BadHost => "invalid Host header",
+            RequestError::UriTooLong => "request target longer than max_request_line",
+            RequestError::BodyTooLarge => "request body larger than max_body",
+            RequestError::BodyTimeout => "request body stalled longer than body_read_timeout",
+            RequestError::BodyFailed => "the request body failed before its end",
+        }
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             RequestError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -99,7 +115,9 @@ pub enum Retry {
     Never,
 }
 
-/// Why a request could not be proxied. Every variant names the clone involved, if any.
+/// Why a request could not be proxied. Every variant names the clone involved, if any:
+/// `Display` is the detailed text for the logs; the client gets
+/// [`ProxyError::client_message`], which names no clone.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no clone available")]
@@ -133,6 +151,10 @@ pub enum ProxyError {
         address: SocketAddr,
         timeout: Duration,
     },
+    /// The clone was removed by a reload and its connections were cut at `drain_timeout`
+    /// before it answered: the balancer's doing, not the clone's.
+    #[error("clone {address} was cut at drain_timeout before it answered")]
+    Cut { address: SocketAddr },
 }
 
 impl ProxyError {
@@ -146,12 +168,32 @@ impl ProxyError {
             | ProxyError::Upstream { .. }
             | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Cut { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The cause as the client reads it, after the status: plain words that name no
+    /// clone, address or internal error (those go to the log, with `Display`).
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::NoClone => "no upstream server is available",
+            ProxyError::Rejected(r) => r.client_message(),
+            ProxyError::Connect { .. } => "the upstream server refused the connection",
+            ProxyError::ConnectTimeout { .. } => {
+                "the upstream server did not accept the connection in time"
+            }
+            ProxyError::Upstream { .. } => {
+                "the upstream server closed the connection or sent a malformed response"
+            }
+            ProxyError::BadResponse { .. } => "the upstream server sent a malformed response",
+            ProxyError::ResponseTimeout { .. } => "the upstream server did not answer in time",
+            ProxyError::Cut { .. } => "the upstream server was taken out of service",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::NoClone => Fault::Balancer,
+            ProxyError::NoClone | ProxyError::Cut { .. } => Fault::Balancer,
             ProxyError::Rejected(_) => Fault::Client,
             // hyper calls an error of the body we were streaming a "user" error: here that
             // body is the client's.
@@ -180,6 +222,8 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => Retry::Always,
             ProxyError::Upstream { .. } if self.fault() == Fault::Clone => Retry::IfIdempotent,
             ProxyError::BadResponse { .. } => Retry::IfIdempotent,
+            // The clone may have seen the request before its connection was cut.
+            ProxyError::Cut { .. } => Retry::IfIdempotent,
             ProxyError::ResponseTimeout { .. } => Retry::IfTimeoutRetriesOn,
             _ => Retry::Never,
         }
@@ -199,6 +243,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("[error_pages]: {}", .0.join("; "))]
+    ErrorPages(Vec<String>),
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -226,5 +272,54 @@ mod tests {
         assert_eq!(slow.retry(), Retry::IfTimeoutRetriesOn);
         assert!(!slow.is_connection_failure());
         assert_eq!(slow.fault(), Fault::Clone);
+        let cut = ProxyError::Cut { address: a };
+        assert_eq!(cut.status(), 503);
+        assert_eq!(cut.fault(), Fault::Balancer);
+        assert_eq!(cut.retry(), Retry::IfIdempotent);
+        assert!(!cut.is_connection_failure());
+    }
+
+    #[test]
+    fn client_messages_name_no_address() {
+        let a: SocketAddr = "127.0.0.1:21098".parse().unwrap();
+        let errors = [
+            ProxyError::NoClone,
+            ProxyError::Connect {
+                address: a,
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            },
+            ProxyError::ConnectTimeout {
+                address: a,
+                timeout: Duration::from_secs(1),
+            },
+            ProxyError::BadResponse {
+                address: a,
+                reason: "both Content-Length and Transfer-Encoding",
+            },
+            ProxyError::ResponseTimeout {
+                address: a,
+                timeout: Duration::from_secs(1),
+            },
+            ProxyError::Cut { address: a },
+        ];
+        for e in &errors {
+            let m = e.client_message();
+            assert!(!m.contains("127.0.0.1") && !m.contains("21098"), "{m}");
+            assert!(!m.contains("clone"), "{m}");
+        }
+        assert!(errors[1].to_string().contains("127.0.0.1:21098"));
+        for r in [
+            RequestError::BadTransferEncoding,
+            RequestError::TransferEncodingHttp10,
+            RequestError::MissingHost,
+            RequestError::DuplicateHost,
+            RequestError::BadHost,
+            RequestError::UriTooLong,
+            RequestError::BodyTooLarge,
+            RequestError::BodyTimeout,
+            RequestError::BodyFailed,
+        ] {
+            assert_eq!(r.client_message(), r.to_string());
+        }
     }
 }

@@ -62,6 +62,7 @@ pub mod context;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod error_pages;
 pub mod forward;
 pub mod health;
 pub mod idle;
@@ -176,9 +177,14 @@ impl Balancer {
             (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
             _ => None,
         };
+        let error_pages =
+            error_pages::ErrorPages::load(&config.error_pages).map_err(|problems| {
+                StartError::ErrorPages(problems.into_iter().map(|(_, why)| why).collect())
+            })?;
         let inputs = Inputs {
             config: config.clone(),
             tls,
+            error_pages: Arc::new(error_pages),
         };
         Self::start_inner(inputs, None, options)
     }

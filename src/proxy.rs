@@ -12,7 +12,9 @@
 //! a failed connect is retried for any request (nothing was sent); a reset or malformed
 //! answer before the response head only for an idempotent method without a body; a
 //! response timeout only with `retry_on_timeout` and under the same condition. A request
-//! whose body was partly streamed is never retried: its body is gone.
+//! whose body was partly streamed is never retried: its body is gone. A request whose
+//! clone was cut at `drain_timeout` before it answered follows the reset's rule; when it
+//! cannot be retried it is answered 503 (taken out of service), not blamed on the clone.
 //!
 //! Every request is recorded once (see [`crate::record`]): its [`Recorder`] is created
 //! first thing and travels with the answer. Each attempt's outcome is reported to
@@ -37,6 +39,7 @@ use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{Recorder, ResponseBody};
 use crate::context::ConnContext;
 use crate::error::{Fault, ProxyError, Retry};
+use crate::error_pages::ErrorPages;
 use crate::forward::{self, SendFailure};
 use crate::health::{self, Attempt};
 use crate::idle::Sender;
@@ -84,13 +87,19 @@ pub async fn handle(
     let websocket = client_upgrade.is_some();
     let (mut req, close_after, needs_host) = match forward::prepare(req, cx, &policy, websocket) {
         Ok(p) => (p.request, p.close_after, p.needs_host),
-        Err(e) => return Ok(own_answer(&ProxyError::Rejected(e), rec)),
+        Err(e) => {
+            return Ok(own_answer(
+                &ProxyError::Rejected(e),
+                table.error_pages(),
+                rec,
+            ))
+        }
     };
     let first = pick(&table, &[]);
-    drop(table);
     let Some(mut guard) = first else {
-        return Ok(own_answer(&ProxyError::NoClone, rec));
+        return Ok(own_answer(&ProxyError::NoClone, table.error_pages(), rec));
     };
+    drop(table);
     // The head of a request that may be repeated after the clone saw it (idempotent, no
     // body); kept only when retries are on.
     let replay =
@@ -128,12 +137,26 @@ pub async fn handle(
                 ));
             }
             Err(AttemptFailure { error, request }) => {
-                let seen = if error.is_connection_failure() {
-                    Attempt::ConnectionFailure
-                } else {
-                    Attempt::OtherFailure
+                let error = match error {
+                    // Its drain timed out and the balancer cut its connections: not the
+                    // clone's failure, and nothing for passive ejection to count. (hyper
+                    // reports the aborted connection task as a "user" error, so this
+                    // does not go by `fault()`; a failed client body stays the client's.)
+                    e if state.is_cut() && !matches!(e, ProxyError::Rejected(_)) => {
+                        ProxyError::Cut {
+                            address: state.address(),
+                        }
+                    }
+                    e => e,
                 };
-                health::report(state, &policy, seen);
+                if !matches!(error, ProxyError::Cut { .. }) {
+                    let seen = if error.is_connection_failure() {
+                        Attempt::ConnectionFailure
+                    } else {
+                        Attempt::OtherFailure
+                    };
+                    health::report(state, &policy, seen);
+                }
                 let again = match (error.retry(), request) {
                     _ if tried.len() as u32 >= policy.proxy.retries => None,
                     // Handed back untouched: nothing of it reached the clone.
@@ -147,13 +170,21 @@ pub async fn handle(
                 let Some(again) = again else {
                     tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, "request failed");
                     drop(guard);
-                    return Ok(own_answer(&error, rec));
+                    return Ok(own_answer(
+                        &error,
+                        cx.shared.table.load().error_pages(),
+                        rec,
+                    ));
                 };
                 tried.push(state.address());
                 let Some(next) = acquire(&cx.shared.table, &tried) else {
                     tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, "request failed; no other clone to retry on");
                     drop(guard);
-                    return Ok(own_answer(&error, rec));
+                    return Ok(own_answer(
+                        &error,
+                        cx.shared.table.load().error_pages(),
+                        rec,
+                    ));
                 };
                 state.count_retry();
                 tracing::debug!(clone = %state.name(), address = %state.address(), error = %error, next = %next.state().address(), "retrying on another clone");
@@ -295,45 +326,52 @@ async fn attempt_fresh(
     })
 }
 
-/// clonelb's own answer to a request it could not proxy, recorded as `clonelb_error`.
-fn own_answer(e: &ProxyError, rec: Recorder) -> Response<ResponseBody> {
-    let (mut resp, text) = error_parts(e);
-    *resp.body_mut() = ResponseBody::own_answer(text, resp.status().as_u16(), rec);
+/// clonelb's own answer to a request it could not proxy, recorded as `clonelb_error`: the
+/// configured page for its status (`[error_pages]`, a `Bytes` clone), else the plain-text
+/// line.
+fn own_answer(e: &ProxyError, pages: &ErrorPages, rec: Recorder) -> Response<ResponseBody> {
+    let status = e.status();
+    let (content_type, body) = match pages.get(status.as_u16()) {
+        Some(page) => (page.content_type.clone(), page.body.clone()),
+        None => (HeaderValue::from_static(TEXT), error_text(e)),
+    };
+    let mut resp = error_head(e, content_type);
+    *resp.body_mut() = ResponseBody::own_answer(body, status.as_u16(), rec);
     resp
 }
 
 /// The client's answer for a failed request: the status from [`ProxyError::status`] and one
-/// short plain-text line naming the cause.
+/// short plain-text line naming the cause ([`ProxyError::client_message`]: no clone, no
+/// address).
 pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
-    let (mut resp, text) = error_parts(e);
-    *resp.body_mut() = ResponseBody::full(text);
+    let mut resp = error_head(e, HeaderValue::from_static(TEXT));
+    *resp.body_mut() = ResponseBody::full(error_text(e));
     resp
 }
 
-/// The one plain-text line of clonelb's own answers: `414 URI Too Long: <cause>`.
-pub fn error_text(e: &ProxyError) -> String {
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// `STATUS REASON: cause`, the one plain-text line of clonelb's own answers. The client
+/// reads the status and a plain cause; the clone, its address and the error's detail are
+/// in the log line of the failure (`Display`).
+pub fn error_text(e: &ProxyError) -> Bytes {
     let status = e.status();
-    format!(
+    Bytes::from(format!(
         "{} {}: {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        e
-    )
+        e.client_message()
+    ))
 }
 
-fn error_parts(e: &ProxyError) -> (Response<ResponseBody>, Bytes) {
-    let status = e.status();
-    let text = error_text(e);
+fn error_head(e: &ProxyError, content_type: HeaderValue) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(Bytes::new()));
-    *resp.status_mut() = status;
+    *resp.status_mut() = e.status();
     let headers = resp.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(CONTENT_TYPE, content_type);
     if e.fault() == Fault::Client {
         // What the client sent is in doubt (framing, an unread body): do not read on.
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    (resp, Bytes::from(text))
+    resp
 }

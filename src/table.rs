@@ -16,6 +16,7 @@ use rand::Rng;
 
 use crate::backend::{Backend, BackendState};
 use crate::config::{Config, LimitsConfig, ProxyConfig};
+use crate::error_pages::ErrorPages;
 use crate::strategy::{Candidates, Picker, Strategy};
 
 /// What every thread reads: the current table, swapped whole by reload.
@@ -27,6 +28,8 @@ pub struct RoutingTable {
     picker: Picker,
     policy: Policy,
     config: Arc<Config>,
+    /// `[error_pages]`, read when the config was loaded (none by default).
+    error_pages: Arc<ErrorPages>,
 }
 
 /// What one request needs to know about failures, copied out of the table per request.
@@ -85,7 +88,19 @@ impl RoutingTable {
                 active_checks: config.health.is_some(),
             },
             config: Arc::new(config.clone()),
+            error_pages: Arc::default(),
         }
+    }
+
+    /// The same table serving `pages` for clonelb's own answers.
+    pub fn with_error_pages(mut self, pages: Arc<ErrorPages>) -> RoutingTable {
+        self.error_pages = pages;
+        self
+    }
+
+    /// The pages for clonelb's own answers.
+    pub fn error_pages(&self) -> &ErrorPages {
+        &self.error_pages
     }
 
     /// A clone for a retry: available and not one of `tried`. Tries the strategy first (so

@@ -906,3 +906,83 @@ fn empty_name_is_invalid() {
         &[(5, 8, "`name` must not be empty")],
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// [error_pages]
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn error_pages_keys_and_extensions_are_checked_at_their_place() {
+    assert_invalid(
+        "error-pages-keys",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[error_pages]",
+            r#"500 = "errors/500.html""#,
+            r#"502 = "errors/502.png""#,
+            r#"oops = "errors/x.html""#,
+        ],
+        &[
+            (4, 1, "`500` is not a status clonelb answers itself (error pages exist for 400, 408, 413, 414, 502, 503, 504)"),
+            (5, 7, r#"error page "errors/502.png" must end in .html, .json or .txt (its content type follows the extension)"#),
+            (6, 1, "`oops` is not a status clonelb answers itself (error pages exist for 400, 408, 413, 414, 502, 503, 504)"),
+        ],
+    );
+}
+
+#[test]
+fn error_page_files_missing_or_too_large_are_errors_at_their_line() {
+    let scratch = Scratch::new("error-pages-files");
+    std::fs::create_dir_all(scratch.dir.join("errors")).unwrap();
+    std::fs::write(
+        scratch.dir.join("errors/big.html"),
+        vec![b'x'; 64 * 1024 + 1],
+    )
+    .unwrap();
+    std::fs::write(scratch.dir.join("errors/fits.html"), vec![b'x'; 64 * 1024]).unwrap();
+    let path = scratch.write(
+        "lb.toml",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[error_pages]",
+            r#"413 = "errors/fits.html""#,
+            r#"502 = "errors/missing.html""#,
+            r#"503 =   "errors/big.html""#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+    );
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = text_lines(&out.stderr);
+    assert_eq!(stderr.len(), 2, "{stderr:#?}");
+    let missing = scratch.dir.join("errors/missing.html");
+    let prefix = format!(
+        "{}:5:7: error page {}: cannot read: ",
+        label(&path),
+        missing.display()
+    );
+    assert!(stderr[0].starts_with(&prefix), "{stderr:#?}");
+    let big = scratch.dir.join("errors/big.html");
+    assert_eq!(
+        stderr[1],
+        format!(
+            "{}:6:9: error page {} is larger than 64 KiB",
+            label(&path),
+            big.display()
+        )
+    );
+    // Fixed, the same file is valid.
+    std::fs::write(scratch.dir.join("errors/missing.html"), "down").unwrap();
+    std::fs::write(&big, "down").unwrap();
+    let out = check(&path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

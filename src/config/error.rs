@@ -94,6 +94,12 @@ pub enum ConfigError {
     NoBackends,
     #[error("cannot read: {0}")]
     Io(String),
+    #[error("`{key}` is not a status clonelb answers itself (error pages exist for 400, 408, 413, 414, 502, 503, 504)")]
+    ErrorPageStatus { key: String },
+    #[error("error page \"{value}\" must end in .html, .json or .txt (its content type follows the extension)")]
+    ErrorPageType { value: String },
+    #[error("error page {0}")]
+    ErrorPage(String),
 }
 
 fn hint(suggestion: &Option<&'static str>) -> String {

@@ -23,6 +23,7 @@
 //! * `values.rs` — the string grammars (durations, sizes, addresses, status sets);
 //! * `error.rs` — [`ConfigError`], [`Diagnostic`], [`LoadError`].
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use toml::de::DeTable;
@@ -42,7 +43,8 @@ pub use self::schema::{
     MIN_HEADER_SIZE,
 };
 pub use self::values::{
-    parse_address, parse_duration, parse_size, Secret, StatusRanges, MAX_DURATION,
+    page_content_type, parse_address, parse_duration, parse_size, Secret, StatusRanges,
+    ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
 };
 pub use crate::strategy::StrategyKind;
 use walker::Walker;
@@ -56,6 +58,8 @@ pub struct Checked {
     /// the files turn out unusable.
     pub tls_cert_at: (usize, usize),
     pub tls_key_at: (usize, usize),
+    /// Where each `[error_pages]` file is named (line, column), for the same reason.
+    pub error_pages_at: BTreeMap<u16, (usize, usize)>,
 }
 
 /// Read and validate the file at `path`.
@@ -110,6 +114,11 @@ pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
             warnings,
             tls_cert_at: line_col(src, w.tls_spans.0.start),
             tls_key_at: line_col(src, w.tls_spans.1.start),
+            error_pages_at: w
+                .page_spans
+                .iter()
+                .map(|(status, span)| (*status, line_col(src, span.start)))
+                .collect(),
         }),
         _ => Err(LoadError {
             path: path.to_string(),

@@ -7,6 +7,7 @@
 //!
 //! Must not touch: I/O, shared state, the request path, `error.rs`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -194,6 +195,10 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `None` when `[admin]` is absent: no admin listener.
     pub admin: Option<AdminConfig>,
+    /// `[error_pages]`: status → file (relative paths joined to lb.toml's folder) served
+    /// instead of clonelb's own text for that status. Only the paths: the files are read
+    /// by `error_pages` when the file is loaded.
+    pub error_pages: BTreeMap<u16, PathBuf>,
     pub backends: Vec<BackendConfig>,
 }
 

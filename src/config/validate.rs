@@ -242,11 +242,16 @@ impl Walker<'_> {
             self.report(span, ConfigError::EmptyPath { key });
             return;
         }
+        *slot = Some(self.beside_config(s));
+    }
+
+    /// A path as written, relative ones joined to lb.toml's directory.
+    pub(super) fn beside_config(&self, s: &str) -> PathBuf {
         let p = PathBuf::from(s);
-        *slot = Some(match &self.base {
+        match &self.base {
             Some(base) if p.is_relative() => base.join(p),
             _ => p,
-        });
+        }
     }
 
     fn address(

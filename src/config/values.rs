@@ -7,9 +7,26 @@
 //! from the rest of the crate.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
+
+/// The statuses whose answers clonelb builds itself, so `[error_pages]` may replace them.
+pub const ERROR_PAGE_STATUSES: [u16; 7] = [400, 408, 413, 414, 502, 503, 504];
+
+/// The largest error page file read.
+pub const MAX_ERROR_PAGE: u64 = 64 * 1024;
+
+/// The content type of an error page, by its file's extension: `.html`, `.json`, `.txt`.
+pub fn page_content_type(path: &Path) -> Option<&'static str> {
+    match path.extension()?.to_str()? {
+        "html" => Some("text/html; charset=utf-8"),
+        "json" => Some("application/json"),
+        "txt" => Some("text/plain; charset=utf-8"),
+        _ => None,
+    }
+}
 
 /// The longest duration any lb.toml key accepts: 24 hours. Longer timeouts are typos
 /// ("2days" for "2s") more often than intent.

@@ -6,20 +6,30 @@
 //!
 //! Must not touch: I/O, shared state, `error.rs`, the request path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use toml::de::DeTable;
 
 use super::error::ConfigError;
 use super::schema::*;
 use super::section::Section;
+use super::values::{page_content_type, ERROR_PAGE_STATUSES};
 use super::walker::{find, Walker};
 
 /// The top-level tables; each is declared in `schema.rs` (`backend` is `[[backend]]`).
 const TOP_KEYS: &[&str] = &[
-    "listen", "balancer", "proxy", "health", "limits", "reload", "admin", "backend",
+    "listen",
+    "balancer",
+    "proxy",
+    "health",
+    "limits",
+    "reload",
+    "admin",
+    "error_pages",
+    "backend",
 ];
 
 impl Walker<'_> {
@@ -49,6 +59,10 @@ impl Walker<'_> {
         let admin = self
             .table(root, "admin")
             .map(|(t, span)| self.admin(t, span));
+        let error_pages = match self.table(root, "error_pages") {
+            Some((t, _)) => self.error_pages(t),
+            None => BTreeMap::new(),
+        };
         let backends = self.backends(root);
         Config {
             listen,
@@ -58,8 +72,44 @@ impl Walker<'_> {
             limits,
             reload,
             admin,
+            error_pages,
             backends,
         }
+    }
+
+    /// `[error_pages]`: each key a status clonelb answers itself, each value a file whose
+    /// extension gives the content type. The files are read later (`error_pages` module),
+    /// so their problems can still point at these values.
+    fn error_pages(&mut self, t: &DeTable<'_>) -> BTreeMap<u16, PathBuf> {
+        let mut pages = BTreeMap::new();
+        for (k, _) in t.iter() {
+            let key: &str = k.get_ref();
+            let status = key
+                .parse::<u16>()
+                .ok()
+                .filter(|s| ERROR_PAGE_STATUSES.contains(s));
+            let Some(status) = status else {
+                self.report(
+                    k.span(),
+                    ConfigError::ErrorPageStatus {
+                        key: key.to_string(),
+                    },
+                );
+                continue;
+            };
+            let Some((value, span)) = self.string(t, key) else {
+                continue;
+            };
+            let path = self.beside_config(value);
+            if value.is_empty() || page_content_type(&path).is_none() {
+                let value = value.to_string();
+                self.report(span, ConfigError::ErrorPageType { value });
+                continue;
+            }
+            self.page_spans.push((status, span));
+            pages.insert(status, path);
+        }
+        pages
     }
 
     /// Every key of `t`: unknown ones reported, declared ones read over their defaults.

@@ -24,6 +24,8 @@ pub(super) struct Walker<'s> {
     pub(super) diags: Vec<(Range<usize>, ConfigError)>,
     /// Spans of the `tls_cert` and `tls_key` values.
     pub(super) tls_spans: (Range<usize>, Range<usize>),
+    /// Each `[error_pages]` status and the span of its value.
+    pub(super) page_spans: Vec<(u16, Range<usize>)>,
     /// The last offset asked of [`Walker::line_of`] and its line.
     pub(super) line_cursor: (usize, usize),
 }
@@ -35,6 +37,7 @@ impl<'s> Walker<'s> {
             base,
             diags: Vec::new(),
             tls_spans: (0..0, 0..0),
+            page_spans: Vec::new(),
             line_cursor: (0, 1),
         }
     }

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendState};
 use crate::config::Config;
+use crate::error_pages::ErrorPages;
 use crate::health::HealthChecks;
 use crate::stats::ProcessStats;
 use crate::table::{RoutingTable, SharedTable};
@@ -60,6 +61,8 @@ pub struct Inputs {
     pub config: Config,
     /// Its TLS configuration (`None` without an HTTPS listener).
     pub tls: Option<Arc<ServerConfig>>,
+    /// Its `[error_pages]`, read (the table serves them).
+    pub error_pages: Arc<ErrorPages>,
 }
 
 /// What a successful publish changed: the new generation and the clones (by name) added,
@@ -134,10 +137,10 @@ impl ControlState {
     /// one-second ring's task on `rt` (both tasks end once the `ControlState` is dropped).
     pub fn new(inputs: Inputs, rt: tokio::runtime::Handle) -> Arc<ControlState> {
         let state = Arc::new(ControlState {
-            table: Arc::new(ArcSwap::from_pointee(RoutingTable::build(
-                &inputs.config,
-                None,
-            ))),
+            table: Arc::new(ArcSwap::from_pointee(
+                RoutingTable::build(&inputs.config, None)
+                    .with_error_pages(Arc::clone(&inputs.error_pages)),
+            )),
             tls: Arc::new(ArcSwapOption::new(inputs.tls)),
             rt,
             inner: Mutex::new(Inner {
@@ -293,7 +296,11 @@ impl ControlState {
     /// changed. Settings that need a restart keep their running values (logged).
     pub fn publish(&self, inputs: Inputs) -> Summary {
         let mut inner = self.lock();
-        let Inputs { mut config, tls } = inputs;
+        let Inputs {
+            mut config,
+            tls,
+            error_pages,
+        } = inputs;
         let old = self.table.load_full();
         let running = old.config();
         keep_restart_only_settings(&mut config, running, inner.listeners, inner.admin_listener);
@@ -313,7 +320,8 @@ impl ControlState {
                         .find(|b| b.address == addr)
                 })
                 .map(|b| Arc::clone(&b.state))
-        });
+        })
+        .with_error_pages(error_pages);
         let mut added: Vec<&str> = Vec::new();
         let mut changed: Vec<&str> = Vec::new();
         for b in new.backends() {
@@ -434,6 +442,7 @@ impl ControlState {
         let now = Instant::now();
         let before = inner.draining.len();
         inner.draining.retain(|d| {
+            // Requests (and WebSocket tunnels) still on the clone: what a cut would end.
             let in_flight = d.backend.state.in_flight();
             if in_flight == 0 {
                 tracing::info!(clone = %d.backend.name, address = %d.backend.address, "clone drained and dropped");
@@ -443,7 +452,7 @@ impl ControlState {
                 tracing::warn!(
                     clone = %d.backend.name,
                     address = %d.backend.address,
-                    in_flight,
+                    cut = in_flight,
                     "drain_timeout passed; cutting the requests still in flight"
                 );
                 d.backend.state.cut_connections();

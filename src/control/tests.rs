@@ -14,6 +14,7 @@ fn inputs(addrs: &[&str], extra: &str) -> Inputs {
     Inputs {
         config: parse("t", &text).unwrap().config,
         tls: None,
+        error_pages: Arc::default(),
     }
 }
 

@@ -20,6 +20,7 @@ use rustls::ServerConfig;
 
 use crate::config::{self, Checked, LoadError};
 use crate::control::{ControlState, Inputs};
+use crate::error_pages::{self, ErrorPages};
 use crate::tls;
 
 pub use crate::control::Summary;
@@ -53,6 +54,8 @@ pub struct Loaded {
     pub text: String,
     pub checked: Checked,
     pub tls: Option<Arc<ServerConfig>>,
+    /// The `[error_pages]` files, read.
+    pub error_pages: Arc<ErrorPages>,
 }
 
 impl Loaded {
@@ -60,6 +63,7 @@ impl Loaded {
         Inputs {
             config: self.checked.config.clone(),
             tls: self.tls.clone(),
+            error_pages: Arc::clone(&self.error_pages),
         }
     }
 
@@ -72,7 +76,7 @@ impl Loaded {
     }
 }
 
-/// Read `path`, validate it, and load the certificate and key it names.
+/// Read `path`, validate it, and load the certificate, key and error pages it names.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     check(path, read(path)?)
 }
@@ -88,12 +92,18 @@ fn read(path: &Path) -> Result<String, LoadError> {
     })
 }
 
-/// Validate `text` (read from `path`) and load the TLS files it names.
+/// Validate `text` (read from `path`) and load the TLS files and error pages it names.
 fn check(path: &Path, text: String) -> Result<Loaded, LoadError> {
     let label = path.display().to_string();
     let checked = config::parse(&label, &text)?;
     let tls = tls::from_checked(&label, &checked)?;
-    Ok(Loaded { text, checked, tls })
+    let error_pages = Arc::new(error_pages::from_checked(&label, &checked)?);
+    Ok(Loaded {
+        text,
+        checked,
+        tls,
+        error_pages,
+    })
 }
 
 /// A config file and the balancer it configures.
@@ -181,7 +191,7 @@ impl Reloader {
         Ok(())
     }
 
-    /// Watch lb.toml and the TLS files the running configuration names.
+    /// Watch lb.toml and the TLS and error page files the running configuration names.
     fn update_watches(&self) {
         let guard = self.watcher.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(w) = guard.as_ref() else { return };
@@ -189,6 +199,9 @@ impl Reloader {
         let listen = &table.config().listen;
         let mut files = vec![(self.path.clone(), false)];
         for p in [&listen.tls_cert, &listen.tls_key].into_iter().flatten() {
+            files.push((p.clone(), true));
+        }
+        for p in table.config().error_pages.values() {
             files.push((p.clone(), true));
         }
         w.set_files(files);

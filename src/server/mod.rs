@@ -152,6 +152,8 @@ pub async fn serve(
     }
     // Close the listening sockets at once: new connections are refused, not queued.
     drop(listeners);
+    // Every connection task still holds a sender: their count is the connections open.
+    let live = done.downgrade();
     drop(done);
     if *signal.borrow() == Signal::Abort {
         shared.start_cutting();
@@ -161,7 +163,11 @@ pub async fn serve(
     tokio::select! {
         _ = all_done.recv() => return,
         _ = tokio::time::sleep(grace) => {
-            tracing::warn!(timeout = %humantime::format_duration(grace), "shutdown_timeout passed; closing the remaining connections");
+            tracing::warn!(
+                timeout = %humantime::format_duration(grace),
+                connections = live.strong_count(),
+                "shutdown_timeout passed; closing the remaining connections"
+            );
         }
         _ = wait_for(&mut signal, Signal::Abort) => {}
     }
