@@ -18,7 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_clonelb");
 const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lb.toml");
 
 /// Suffix shared by every duration message.
-const DURATION_HINT: &str = r#"(use an integer and a unit: "250ms", "2s", "1m", "1h")"#;
+const DURATION_HINT: &str = r#"(a number and a unit, e.g. "250ms", "2s", "1m 30s", "1h")"#;
 /// Suffix shared by every address message.
 const ADDRESS_HINT: &str = r#"(expected IP:PORT, e.g. "127.0.0.1:9001" or "[::1]:9001")"#;
 

@@ -27,7 +27,7 @@ pub enum ConfigError {
         expected: &'static str,
         found: &'static str,
     },
-    #[error("invalid duration \"{value}\" for `{key}`: {reason} (use an integer and a unit: \"250ms\", \"2s\", \"1m\", \"1h\")")]
+    #[error("invalid duration \"{value}\" for `{key}`: {reason} (a number and a unit, e.g. \"250ms\", \"2s\", \"1m 30s\", \"1h\")")]
     BadDuration {
         key: &'static str,
         value: String,

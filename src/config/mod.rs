@@ -198,7 +198,7 @@ address = "localhost:9002"
             e,
             vec![
                 "lb.toml:4:1: unknown key `conect_timeout` in [proxy] (did you mean `connect_timeout`?)",
-                "lb.toml:5:16: invalid duration \"soon\" for `idle_timeout`: not a number followed by a unit (use an integer and a unit: \"250ms\", \"2s\", \"1m\", \"1h\")",
+                "lb.toml:5:16: invalid duration \"soon\" for `idle_timeout`: not a number followed by a unit (a number and a unit, e.g. \"250ms\", \"2s\", \"1m 30s\", \"1h\")",
                 "lb.toml:6:1: missing required key `address` in [[backend]]",
                 "lb.toml:7:1: unknown key `adress` in [[backend]] (did you mean `address`?)",
                 "lb.toml:10:10: weight 0 is out of range (1..=1000)",
@@ -245,7 +245,7 @@ address = "localhost:9002"
         ] {
             assert_eq!(
                 errors(&src(value)),
-                vec![format!("lb.toml:4:16: invalid duration \"{value}\" for `idle_timeout`: {reason} (use an integer and a unit: \"250ms\", \"2s\", \"1m\", \"1h\")")],
+                vec![format!("lb.toml:4:16: invalid duration \"{value}\" for `idle_timeout`: {reason} (a number and a unit, e.g. \"250ms\", \"2s\", \"1m 30s\", \"1h\")")],
                 "{value}"
             );
         }
