@@ -22,6 +22,7 @@
 mod history;
 pub mod runtime;
 pub mod status;
+mod steer;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ pub use crate::stats::{
     ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
 };
 pub use status::{CloneState, CloneStatus, Counters, Status};
+pub use steer::Drain;
 
 /// How often draining clones are looked at.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
@@ -73,19 +75,6 @@ pub struct Summary {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
-}
-
-/// How far a clone is from being safe to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drain {
-    /// No table has had a clone of that name since start.
-    NeverSeen,
-    /// In rotation: it will not drain by itself.
-    Enabled,
-    /// Disabled or draining, with this many requests (or WebSocket tunnels) in flight.
-    Busy(usize),
-    /// Disabled or draining with nothing in flight, or gone from the balancer.
-    Drained,
 }
 
 /// A clone removed from the table, finishing its requests.
@@ -237,53 +226,6 @@ impl ControlState {
     /// The admin listener is bound to this address.
     pub fn set_admin_listener(&self, admin: Option<SocketAddr>) {
         self.lock().admin_listener = admin;
-    }
-
-    /// Ops take the clone named `name` out of rotation (`true`) or put it back. The mark
-    /// lives with the clone's state, so it survives reloads that keep the clone. Returns
-    /// the clone's status, or `None` when the table has no clone of that name.
-    pub fn set_disabled(&self, name: &str, disabled: bool) -> Option<CloneStatus> {
-        let table = self.table.load();
-        let b = table.backends().iter().find(|b| &*b.name == name)?;
-        if b.state.is_disabled() != disabled {
-            b.state.set_disabled(disabled);
-            tracing::info!(
-                clone = %b.name,
-                address = %b.address,
-                in_flight = b.state.in_flight(),
-                "{}",
-                if disabled { "clone disabled" } else { "clone enabled" }
-            );
-        }
-        Some(CloneStatus::of(
-            &b.name,
-            b.weight,
-            &b.state,
-            false,
-            &self.history_lock(),
-        ))
-    }
-
-    /// Whether the clone named `name` is out of rotation and idle (see [`Drain`]).
-    pub fn drain_state(&self, name: &str) -> Drain {
-        let inner = self.lock();
-        let table = self.table.load();
-        let found = table
-            .backends()
-            .iter()
-            .chain(inner.draining.iter().map(|d| &d.backend))
-            .find(|b| &*b.name == name);
-        match found {
-            Some(b) if b.state.is_disabled() || b.state.is_draining() => {
-                match b.state.in_flight() {
-                    0 => Drain::Drained,
-                    n => Drain::Busy(n),
-                }
-            }
-            Some(_) => Drain::Enabled,
-            None if inner.seen.contains(name) => Drain::Drained,
-            None => Drain::NeverSeen,
-        }
     }
 
     /// The control runtime.
