@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::backend::{BackendState, InFlightGuard};
 use crate::context::ConnContext;
-use crate::health::{self, Attempt};
+use crate::health;
 use crate::idle::Sender;
 use crate::record::{Outcome, RequestRecord, CLIENT_CLOSED_REQUEST};
 
@@ -59,10 +59,6 @@ impl Recorder {
             clone: None,
             done: false,
         }
-    }
-
-    pub fn context(&self) -> &Arc<ConnContext> {
-        &self.cx
     }
 
     /// An attempt starts on `clone`: the record names it from now on (the clone that
@@ -198,13 +194,7 @@ impl ResponseBody {
                     }
                     End::CloneError if state.is_cut() => Outcome::Cut,
                     End::CloneError => {
-                        let policy = self
-                            .rec
-                            .as_ref()
-                            .map(|r| *r.context().shared.table.load().policy());
-                        if let Some(policy) = policy {
-                            health::report(state, &policy, Attempt::OtherFailure);
-                        }
+                        health::report_mid_body(state);
                         Outcome::UpstreamError
                     }
                     End::Dropped => match &self.rec {

@@ -231,7 +231,7 @@ pub fn report(state: &Arc<BackendState>, policy: &Policy, attempt: Attempt) {
             return;
         }
         Attempt::OtherFailure => {
-            state.count_failure();
+            report_mid_body(state);
             return;
         }
         // A connection failure, or a 5xx that counts as one.
@@ -256,6 +256,13 @@ pub fn report(state: &Arc<BackendState>, policy: &Policy, attempt: Attempt) {
         readmit(&state, probation);
         tracing::info!(clone = %state.name(), address = %state.address(), "clone re-admitted on probation");
     });
+}
+
+/// A failure that says nothing about reachability (a response timeout, or the clone failing
+/// after its response head): counted, never ejecting. Needs no policy, so the response body
+/// reports it without loading the table.
+pub fn report_mid_body(state: &BackendState) {
+    state.count_failure();
 }
 
 /// Count a connection-level failure. Returns true when it ejected the clone: the

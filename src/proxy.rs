@@ -340,15 +340,6 @@ fn own_answer(e: &ProxyError, pages: &ErrorPages, rec: Recorder) -> Response<Res
     resp
 }
 
-/// The client's answer for a failed request: the status from [`ProxyError::status`] and one
-/// short plain-text line naming the cause ([`ProxyError::client_message`]: no clone, no
-/// address).
-pub fn error_response(e: &ProxyError) -> Response<ResponseBody> {
-    let mut resp = error_head(e, HeaderValue::from_static(TEXT));
-    *resp.body_mut() = ResponseBody::full(error_text(e));
-    resp
-}
-
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// `STATUS REASON: cause`, the one plain-text line of clonelb's own answers. The client

@@ -61,18 +61,13 @@ async fn route(req: &Request<Incoming>, admin: &Admin, own: SocketAddr) -> Answe
         }
         _ => {}
     }
-    if let Some(refused) = authorize(req, admin) {
-        return refused;
-    }
+    let Some(token_set) = authorize(req, admin) else {
+        let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+        resp.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        return resp;
+    };
     if *method == Method::POST || *method == Method::DELETE {
-        let token_set = admin
-            .control
-            .table()
-            .load()
-            .config()
-            .admin
-            .as_ref()
-            .is_some_and(|a| a.token.is_some());
         if let Some(refused) = same_origin(req, own, token_set) {
             return refused;
         }
@@ -120,9 +115,12 @@ fn only(method: &Method, allowed: &Method) -> Option<Answer> {
 }
 
 /// 401 unless the request carries the running configuration's token (when one is set).
-fn authorize(req: &Request<Incoming>, admin: &Admin) -> Option<Answer> {
+/// `Some(whether a token is set)` when the request may go on, `None` for a 401.
+fn authorize(req: &Request<Incoming>, admin: &Admin) -> Option<bool> {
     let table = admin.control.table().load();
-    let token = table.config().admin.as_ref()?.token.as_ref()?;
+    let Some(token) = table.config().admin.as_ref().and_then(|a| a.token.as_ref()) else {
+        return Some(false);
+    };
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -131,15 +129,9 @@ fn authorize(req: &Request<Incoming>, admin: &Admin) -> Option<Answer> {
             let (scheme, rest) = v.split_at(v.len().min(7));
             scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
         });
-    match given {
-        Some(candidate) if token.matches(candidate) => None,
-        _ => {
-            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
-            resp.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-            Some(resp)
-        }
-    }
+    given
+        .is_some_and(|candidate| token.matches(candidate))
+        .then_some(true)
 }
 
 /// 403 for a state-changing request sent by another site's page: `Sec-Fetch-Site:

@@ -140,11 +140,6 @@ impl Secret {
         Secret(s.into())
     }
 
-    /// The secret itself, for the few places that must send it (the CLI).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
     /// Whether `candidate` is the secret, in time that depends only on the lengths (no
     /// early exit on the first differing byte).
     pub fn matches(&self, candidate: &[u8]) -> bool {

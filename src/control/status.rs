@@ -36,11 +36,6 @@ impl Status {
         self.backends.iter().find(|c| &*c.name == name)
     }
 
-    /// The clone at `address` (table clones first).
-    pub fn clone_at(&self, address: SocketAddr) -> Option<&CloneStatus> {
-        self.backends.iter().find(|c| c.address == address)
-    }
-
     /// Clones removed by a reload that are still finishing requests.
     pub fn draining(&self) -> impl Iterator<Item = &CloneStatus> {
         self.backends
