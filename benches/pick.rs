@@ -97,6 +97,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         limits: Default::default(),
         reload: Default::default(),
         admin: None,
+        log: Default::default(),
         error_pages: Default::default(),
         backends: (0..n)
             .map(|i| BackendConfig {

@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderValue, Method, Request};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use crate::backend::{BackendState, InFlightGuard};
 use crate::context::ConnContext;
 use crate::health;
 use crate::idle::Sender;
-use crate::record::{Outcome, RequestRecord, CLIENT_CLOSED_REQUEST};
+use crate::record::{Outcome, RequestHead, RequestRecord, CLIENT_CLOSED_REQUEST};
 
 /// What is needed to record one request when it ends. Created when the service is called
 /// and moved along with the request: into its [`ResponseBody`], or into a WebSocket
@@ -41,24 +41,45 @@ pub struct Recorder {
     bytes: u64,
     attempts: u32,
     clone: Option<Arc<BackendState>>,
+    request_id: HeaderValue,
+    /// Kept only while the access log is on.
+    head: Option<RequestHead>,
     done: bool,
 }
 
 impl Recorder {
-    pub fn start(cx: Arc<ConnContext>, method: &Method) -> Self {
+    /// The record of `req`, whose ID is `request_id`; `access_log`: keep what the access
+    /// log prints of its head (the one branch the access log costs when it is off).
+    pub fn start<B>(
+        cx: Arc<ConnContext>,
+        req: &Request<B>,
+        request_id: HeaderValue,
+        access_log: bool,
+    ) -> Self {
         // The client connection's "request in progress" mark, until the request ends.
         cx.activity.begin();
         Recorder {
             cx,
-            method: method.clone(),
+            method: req.method().clone(),
             start: Instant::now(),
             head_time: None,
             status: CLIENT_CLOSED_REQUEST,
             bytes: 0,
             attempts: 0,
             clone: None,
+            request_id,
+            head: if access_log {
+                Some(RequestHead::of(req))
+            } else {
+                None
+            },
             done: false,
         }
+    }
+
+    /// The request's `X-Request-Id`.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
     }
 
     /// An attempt starts on `clone`: the record names it from now on (the clone that
@@ -94,6 +115,8 @@ impl Recorder {
             attempts: self.attempts,
             client: self.cx.peer,
             outcome,
+            request_id: &self.request_id,
+            head: self.head.as_ref(),
         };
         self.cx.shared.completion.complete(&record);
     }

@@ -133,6 +133,7 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
             listen: Some(admin),
             token: None,
         }),
+        log: Default::default(),
         error_pages: Default::default(),
         backends,
     };

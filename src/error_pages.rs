@@ -23,11 +23,56 @@ use crate::config::{
     MAX_ERROR_PAGE,
 };
 
+/// Where a page shows the request's ID: every occurrence is replaced by it (escaped for
+/// HTML and JSON pages).
+pub const REQUEST_ID_PLACEHOLDER: &str = "{{request_id}}";
+
 /// One page: its bytes and content type.
 #[derive(Debug, Clone)]
 pub struct Page {
     pub body: Bytes,
     pub content_type: HeaderValue,
+    /// Whether `body` holds [`REQUEST_ID_PLACEHOLDER`] (found once, when read).
+    pub has_placeholder: bool,
+}
+
+impl Page {
+    /// The body to send for a request with ID `request_id`: the file's bytes as they are
+    /// (a reference count), or with the placeholder replaced (an allocation, error path
+    /// only).
+    pub fn render(&self, request_id: &HeaderValue) -> Bytes {
+        if !self.has_placeholder {
+            return self.body.clone();
+        }
+        let id = String::from_utf8_lossy(request_id.as_bytes());
+        let ct = self.content_type.as_bytes();
+        let id = if ct.starts_with(b"text/html") {
+            html_escape(&id)
+        } else if ct.starts_with(b"application/json") {
+            // A JSON string's content, without its quotes.
+            let quoted = serde_json::Value::from(id.as_ref()).to_string();
+            quoted.trim_matches('"').to_string()
+        } else {
+            id.into_owned()
+        };
+        let body = String::from_utf8_lossy(&self.body).replace(REQUEST_ID_PLACEHOLDER, &id);
+        Bytes::from(body)
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The pages of one configuration, by status (none by default).
@@ -91,9 +136,13 @@ pub fn read(path: &Path) -> Result<Page, String> {
             MAX_ERROR_PAGE / 1024
         ));
     }
+    let has_placeholder = body
+        .windows(REQUEST_ID_PLACEHOLDER.len())
+        .any(|w| w == REQUEST_ID_PLACEHOLDER.as_bytes());
     Ok(Page {
         body: Bytes::from(body),
         content_type: HeaderValue::from_static(content_type),
+        has_placeholder,
     })
 }
 
@@ -151,5 +200,22 @@ mod tests {
         assert!(e[0].1.contains("cannot read"), "{e:?}");
         assert!(e[1].1.ends_with("is larger than 64 KiB"), "{e:?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn placeholder_is_replaced_and_escaped() {
+        let page = |body: &str, ct: &'static str| Page {
+            body: Bytes::from(body.to_string()),
+            content_type: HeaderValue::from_static(ct),
+            has_placeholder: body.contains(REQUEST_ID_PLACEHOLDER),
+        };
+        let id = HeaderValue::from_static("<a>\"&");
+        let html = page("<p>id {{request_id}}</p>", "text/html; charset=utf-8");
+        assert_eq!(&html.render(&id)[..], b"<p>id &lt;a&gt;&quot;&amp;</p>");
+        let json = page("{\"id\":\"{{request_id}}\"}", "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&json.render(&id)).unwrap();
+        assert_eq!(v["id"], "<a>\"&");
+        let plain = page("no id here", "text/plain; charset=utf-8");
+        assert_eq!(&plain.render(&id)[..], b"no id here");
     }
 }

@@ -19,6 +19,8 @@
 //! * [`server`], [`context`], [`proxy`], [`forward`], [`upstream_body`], [`body`] — the
 //!   request path (HTTP/1.1, HTTP/2, WebSocket tunnels);
 //! * [`record`] — one record per finished request and the completion hook;
+//! * [`access_log`] — the access log's lines, channel and writer thread;
+//! * [`request_id`] — `X-Request-Id`: kept or made;
 //! * [`health`] — every up/down decision: active checks and passive ejection;
 //! * [`stats`] — latency histograms, the balancer's own counters, the shapes the admin
 //!   API reads;
@@ -53,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod body;
@@ -69,6 +72,7 @@ pub mod idle;
 pub mod proxy;
 pub mod record;
 pub mod reload;
+pub mod request_id;
 pub mod server;
 pub mod stats;
 pub mod strategy;
@@ -243,14 +247,28 @@ impl Balancer {
                     None => tracing::info!("SIGHUP: no configuration file to reload"),
                 }
             };
-            Some(runtime::install_signals(runtime.handle(), on_hup).map_err(StartError::Thread)?)
+            let on_usr1 = {
+                let access = Arc::clone(control.access_log());
+                move || {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    access.reopen();
+                }
+            };
+            Some(
+                runtime::install_signals(runtime.handle(), on_hup, on_usr1)
+                    .map_err(StartError::Thread)?,
+            )
         } else {
             None
         };
         let shared = Arc::new(Shared::new(
             Arc::clone(control.table()),
             Arc::clone(control.tls()),
-            Completion::new(options.on_record, Arc::clone(control.process_stats())),
+            Completion::new(
+                options.on_record,
+                Arc::clone(control.process_stats()),
+                Arc::clone(control.access_log()),
+            ),
         ));
         let (signal, _) = watch::channel(Signal::Run);
         let mut balancer = Balancer {
@@ -352,6 +370,8 @@ impl Balancer {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        // Every request has ended: write the access log's last lines.
+        self.control.access_log().flush();
         self.control.stop();
         self.admin = None;
         self.runtime.stop();

@@ -14,7 +14,9 @@ with problems is rejected: they are logged and the running configuration stays.
 SIGTERM or SIGINT stops gracefully (requests in flight finish, up to
 [proxy] shutdown_timeout); a second one stops at once.
 
-Logs go to stderr (stdout stays quiet, but for `check`'s summary and `demo`'s URL).
+Logs go to stderr (stdout stays quiet, but for `check`'s summary, `demo`'s URL and
+the access log when `[log] access` is on without `access_path`); `--log-format json`
+or `[log] format = \"json\"` writes them as JSON. SIGUSR1 reopens the access log.
 Set the level with CLONELB_LOG, e.g. CLONELB_LOG=debug (default: info; any
 tracing-subscriber filter, e.g. CLONELB_LOG=clonelb=debug,warn).";
 
@@ -30,8 +32,18 @@ tracing-subscriber filter, e.g. CLONELB_LOG=clonelb=debug,warn).";
     after_help = OPERATING
 )]
 struct Cli {
+    /// Format of clonelb's own log lines on stderr [default: lb.toml's `[log] format`,
+    /// else text]. A change of `[log] format` applies at the next start.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -126,14 +138,14 @@ impl AdminArgs {
 fn main() -> ExitCode {
     // Usage errors exit 2 (clap's convention).
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLONELB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let json = match (cli.log_format, &cli.command) {
+        (Some(f), _) => matches!(f, LogFormatArg::Json),
+        (None, Command::Run { config, .. }) => {
+            clonelb::config::log_format_of(config) == Some(clonelb::config::LogFormat::Json)
+        }
+        (None, _) => false,
+    };
+    init_logging(json);
     if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
         raise_open_file_limit();
     }
@@ -168,6 +180,24 @@ fn main() -> ExitCode {
         )),
         Command::Enable { name, admin } => exit(clonelb::cli::enable(&admin.target(), &name)),
         Command::Reload { admin } => exit(clonelb::cli::reload(&admin.target())),
+    }
+}
+
+/// Process logs on stderr: text (coloured on a terminal) or one JSON object per line
+/// (tracing-subscriber's JSON format: `timestamp`, `level`, `fields` with `message`,
+/// `target`). Levels from `CLONELB_LOG` (default `info`).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLONELB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
 

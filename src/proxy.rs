@@ -44,6 +44,7 @@ use crate::forward::{self, SendFailure};
 use crate::health::{self, Attempt};
 use crate::idle::Sender;
 use crate::record::Outcome;
+use crate::request_id::{self, X_REQUEST_ID};
 use crate::table::{Policy, RoutingTable, SharedTable};
 use crate::upstream_body::UpstreamBody;
 
@@ -76,11 +77,12 @@ pub async fn handle(
     req: Request<Incoming>,
     cx: Arc<ConnContext>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let mut rec = Recorder::start(Arc::clone(&cx), req.method());
-    let cx = &*cx;
     // One table load for the checks and the first pick; the guard is gone before any await.
     let table = cx.shared.table.load();
     let policy = *table.policy();
+    let id = request_id::of(req.headers(), policy.proxy.trust_forwarded);
+    let mut rec = Recorder::start(Arc::clone(&cx), &req, id, policy.access_log);
+    let cx = &*cx;
     let mut req = req;
     // The client side of a WebSocket handshake: its socket, once hyper has sent our 101.
     let client_upgrade = forward::is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
@@ -95,6 +97,8 @@ pub async fn handle(
             ))
         }
     };
+    req.headers_mut()
+        .insert(X_REQUEST_ID, rec.request_id().clone());
     let first = pick(&table, &[]);
     let Some(mut guard) = first else {
         return Ok(own_answer(&ProxyError::NoClone, table.error_pages(), rec));
@@ -120,6 +124,8 @@ pub async fn handle(
                 let status = resp.status();
                 health::report(state, &policy, Attempt::Answered(status.as_u16()));
                 rec.head(status.as_u16());
+                resp.headers_mut()
+                    .insert(X_REQUEST_ID, rec.request_id().clone());
                 if let Some(client) = client_upgrade {
                     if status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Ok(tunnel(client, &mut resp, guard, rec));
@@ -331,28 +337,37 @@ async fn attempt_fresh(
 /// line.
 fn own_answer(e: &ProxyError, pages: &ErrorPages, rec: Recorder) -> Response<ResponseBody> {
     let status = e.status();
+    let id = rec.request_id();
     let (content_type, body) = match pages.get(status.as_u16()) {
-        Some(page) => (page.content_type.clone(), page.body.clone()),
-        None => (HeaderValue::from_static(TEXT), error_text(e)),
+        Some(page) => (page.content_type.clone(), page.render(id)),
+        None => (HeaderValue::from_static(TEXT), error_text(e, Some(id))),
     };
     let mut resp = error_head(e, content_type);
+    resp.headers_mut().insert(X_REQUEST_ID, id.clone());
     *resp.body_mut() = ResponseBody::own_answer(body, status.as_u16(), rec);
     resp
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// `STATUS REASON: cause`, the one plain-text line of clonelb's own answers. The client
-/// reads the status and a plain cause; the clone, its address and the error's detail are
-/// in the log line of the failure (`Display`).
-pub fn error_text(e: &ProxyError) -> Bytes {
+/// `STATUS REASON: cause`, the plain-text line of clonelb's own answers, then
+/// `request id: ID` when the request has one. The client reads the status and a plain
+/// cause; the clone, its address and the error's detail are in the log line of the
+/// failure (`Display`).
+pub fn error_text(e: &ProxyError, request_id: Option<&HeaderValue>) -> Bytes {
     let status = e.status();
-    Bytes::from(format!(
+    let mut text = format!(
         "{} {}: {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         e.client_message()
-    ))
+    );
+    if let Some(id) = request_id {
+        text.push_str("request id: ");
+        text.push_str(&String::from_utf8_lossy(id.as_bytes()));
+        text.push('\n');
+    }
+    Bytes::from(text)
 }
 
 fn error_head(e: &ProxyError, content_type: HeaderValue) -> Response<ResponseBody> {

@@ -6,7 +6,8 @@
 //! [`Completion::complete`]. Its consumers: the per-clone counters by status class and the
 //! clone's time-to-head histogram (always on, `BackendState` atomics), or, for a request
 //! answered without any clone, the same in [`ProcessStats`] (`backend="none"`); then an
-//! optional [`Hook`] (tests today; the access log and the audit plug in here).
+//! access log ([`crate::access_log`], when `[log] access` is on: the record then carries
+//! a [`RequestHead`]); then an optional [`Hook`] (tests; the audit plugs in here).
 //!
 //! hyper's own answers to malformed request heads (its 400 and 431, sent before clonelb's
 //! service is called) produce no record: clonelb never sees those requests.
@@ -19,8 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderValue, Method, Uri, Version};
 
+use crate::access_log::{AccessLog, Entry};
 use crate::backend::BackendState;
 use crate::stats::ProcessStats;
 
@@ -81,6 +83,34 @@ pub struct RequestRecord<'a> {
     pub attempts: u32,
     pub client: SocketAddr,
     pub outcome: Outcome,
+    /// The request's `X-Request-Id` (see [`crate::request_id`]).
+    pub request_id: &'a HeaderValue,
+    /// What the access log needs of the request's head; kept only while `[log] access`
+    /// is on (`None` otherwise: nothing is copied).
+    pub head: Option<&'a RequestHead>,
+}
+
+/// The parts of a request head the access log prints, kept from the start of the request
+/// (each a reference-counted handle into hyper's buffers: no copy).
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub uri: Uri,
+    /// The client's protocol.
+    pub version: Version,
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
+}
+
+impl RequestHead {
+    pub fn of<B>(req: &http::Request<B>) -> Self {
+        let headers = req.headers();
+        RequestHead {
+            uri: req.uri().clone(),
+            version: req.version(),
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            referer: headers.get(http::header::REFERER).cloned(),
+        }
+    }
 }
 
 /// A consumer of every record. Called on the worker thread that served the request, once
@@ -88,17 +118,22 @@ pub struct RequestRecord<'a> {
 pub type Hook = Arc<dyn Fn(&RequestRecord<'_>) + Send + Sync>;
 
 /// The completion hook of a balancer: the per-clone status-class counters and latency
-/// histogram (or the balancer's own, for requests no clone answered), then the optional
-/// [`Hook`].
+/// histogram (or the balancer's own, for requests no clone answered), the access log
+/// (records carrying a [`RequestHead`]), then the optional [`Hook`].
 #[derive(Clone, Default)]
 pub struct Completion {
     hook: Option<Hook>,
     process: Arc<ProcessStats>,
+    access: Arc<AccessLog>,
 }
 
 impl Completion {
-    pub fn new(hook: Option<Hook>, process: Arc<ProcessStats>) -> Self {
-        Completion { hook, process }
+    pub fn new(hook: Option<Hook>, process: Arc<ProcessStats>, access: Arc<AccessLog>) -> Self {
+        Completion {
+            hook,
+            process,
+            access,
+        }
     }
 
     /// The balancer's own counters (requests without a clone, connections, reloads).
@@ -106,8 +141,10 @@ impl Completion {
         &self.process
     }
 
-    /// Hand one finished request to every consumer. Without a hook: a few atomic adds and
-    /// a binary search over the histogram's bounds; no lock, no allocation.
+    /// Hand one finished request to every consumer. Without a hook and with the access log
+    /// off: a few atomic adds and a binary search over the histogram's bounds; no lock, no
+    /// allocation. With the access log on: one more `try_send` of reference-counted
+    /// handles (the line is formatted on the access log's own thread).
     #[inline]
     pub fn complete(&self, record: &RequestRecord<'_>) {
         match record.clone {
@@ -118,6 +155,9 @@ impl Completion {
                 }
             }
             None => self.process.count_unrouted(record.status, record.head_time),
+        }
+        if let Some(head) = record.head {
+            self.access.log(Entry::of(record, head));
         }
         if let Some(hook) = &self.hook {
             hook(record);

@@ -213,6 +213,10 @@ pub struct ProcessStats {
     downstream_connections: AtomicU64,
     reloads_success: AtomicU64,
     reloads_failure: AtomicU64,
+    /// Access log lines dropped because its channel was full.
+    access_log_dropped: AtomicU64,
+    /// Access log lines lost to a failed open or write.
+    access_log_write_errors: AtomicU64,
 }
 
 impl ProcessStats {
@@ -245,6 +249,17 @@ impl ProcessStats {
         c.fetch_add(1, Relaxed);
     }
 
+    /// An access log line was dropped (its channel full).
+    #[inline]
+    pub fn count_access_log_dropped(&self) {
+        self.access_log_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// `lines` access log lines could not be written.
+    pub fn count_access_log_write_errors(&self, lines: u64) {
+        self.access_log_write_errors.fetch_add(lines, Relaxed);
+    }
+
     /// Client connections open now.
     pub fn downstream_connections(&self) -> u64 {
         self.downstream_connections.load(Relaxed)
@@ -260,6 +275,8 @@ impl ProcessStats {
             downstream_connections: self.downstream_connections(),
             reloads_success: self.reloads_success.load(Relaxed),
             reloads_failure: self.reloads_failure.load(Relaxed),
+            access_log_dropped: self.access_log_dropped.load(Relaxed),
+            access_log_write_errors: self.access_log_write_errors.load(Relaxed),
         }
     }
 }
@@ -296,6 +313,9 @@ pub struct ProcessSnapshot {
     pub reloads_success: u64,
     /// Reloads rejected (unreadable or invalid file).
     pub reloads_failure: u64,
+    /// Access log lines dropped (channel full) and lost (open or write failed).
+    pub access_log_dropped: u64,
+    pub access_log_write_errors: u64,
 }
 
 /// A clone's last active health check (written only by its checker).

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use rand::Rng;
 
 use crate::backend::{Backend, BackendState};
-use crate::config::{Config, LimitsConfig, ProxyConfig};
+use crate::config::{AccessFormat, Config, LimitsConfig, ProxyConfig};
 use crate::error_pages::ErrorPages;
 use crate::strategy::{Candidates, Picker, Strategy};
 
@@ -42,6 +42,8 @@ pub struct Policy {
     pub eject_on_5xx: bool,
     /// Whether active checks run (else ejected clones come back after `ejection_time`).
     pub active_checks: bool,
+    /// `[log] access` is on: the request keeps what its access line needs.
+    pub access_log: bool,
 }
 
 impl RoutingTable {
@@ -86,6 +88,7 @@ impl RoutingTable {
                 eject_after: config.ejection_threshold(),
                 eject_on_5xx: config.eject_on_5xx(),
                 active_checks: config.health.is_some(),
+                access_log: config.log.access != AccessFormat::Off,
             },
             config: Arc::new(config.clone()),
             error_pages: Arc::default(),

@@ -48,7 +48,7 @@ async fn cut_before_the_head_retries_a_get_and_answers_a_post_503() {
         .expect("the POST was not answered after the cut")
         .unwrap();
     assert_eq!(post.status, 503);
-    assert_eq!(post.text(), CUT_BODY);
+    assert_eq!(post.error_line(), CUT_BODY);
     assert!(a_state.is_cut());
 
     // The GET went to b, which holds it too until released.
@@ -111,7 +111,7 @@ async fn cut_and_shutdown_timeout_log_how_many_they_cut() {
     std::fs::write(&lb.config, config_text("round-robin", &[(&b, 1)], proxy)).unwrap();
     let answer = held.join().unwrap();
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.ends_with(CUT_BODY), "{answer}");
+    assert!(answer.contains(CUT_BODY), "{answer}");
     let cut_line = |l: &String| l.contains("drain_timeout passed");
     assert!(
         eventually(Duration::from_secs(5), || lb

@@ -81,7 +81,7 @@ async fn pages_replace_clonelbs_own_503_and_502_with_their_content_type() {
     assert_eq!(a.status, 502);
     assert_eq!(a.headers["content-type"], "text/plain; charset=utf-8");
     assert_eq!(
-        a.text(),
+        a.error_line(),
         "502 Bad Gateway: the upstream server refused the connection\n"
     );
 }

@@ -117,6 +117,18 @@ pub(super) fn render(s: &Status) -> Result<String, String> {
         MetricType::GAUGE,
         vec![gauge(&[], process.downstream_connections as f64)],
     ));
+    families.push(family(
+        "clonelb_access_log_dropped_total",
+        "Access log lines dropped because the log's queue was full.",
+        MetricType::COUNTER,
+        vec![counter(&[], process.access_log_dropped)],
+    ));
+    families.push(family(
+        "clonelb_access_log_write_errors_total",
+        "Access log lines lost because the log could not be opened or written.",
+        MetricType::COUNTER,
+        vec![counter(&[], process.access_log_write_errors)],
+    ));
 
     // A family with no series (no clones) cannot be written: leave it out.
     families.retain(|f| !f.get_metric().is_empty());

@@ -39,6 +39,12 @@ pub enum ConfigError {
     BadAddress { value: String, reason: String },
     #[error("unknown strategy \"{value}\" (expected \"round-robin\" or \"least-connections\")")]
     UnknownStrategy { value: String },
+    #[error("unknown value \"{value}\" for `{key}` (expected {expected})")]
+    UnknownChoice {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
     #[error("weight {value} is out of range (1..=1000)")]
     WeightOutOfRange { value: i128 },
     #[error("`{key}` = {value} is out of range ({min}..={max})")]

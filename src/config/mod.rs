@@ -39,12 +39,12 @@ mod walker;
 pub use self::error::{format_diagnostic, ConfigError, Diagnostic, LoadError};
 pub use self::schema::{
     AdminConfig, BackendConfig, BalancerConfig, Config, HealthConfig, LimitsConfig, ListenConfig,
-    ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT,
+    LogConfig, ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT,
     MIN_HEADER_SIZE,
 };
 pub use self::values::{
-    page_content_type, parse_address, parse_duration, parse_size, Secret, StatusRanges,
-    ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
+    page_content_type, parse_address, parse_duration, parse_size, AccessFormat, Choice, LogFormat,
+    Secret, StatusRanges, ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
 };
 pub use crate::strategy::StrategyKind;
 use walker::Walker;
@@ -125,6 +125,20 @@ pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
             diagnostics: errors,
         }),
     }
+}
+
+/// `[log] format` as the file at `path` sets it, read before logging is set up (so
+/// `clonelb run` starts in the right format). `None` when the file cannot be read or does
+/// not set a valid one: the full load reports its problems right after.
+pub fn log_format_of(path: &Path) -> Option<LogFormat> {
+    let src = std::fs::read_to_string(path).ok()?;
+    let doc = DeTable::parse(&src).ok()?;
+    let log = doc.get_ref().get("log")?.get_ref().as_table()?;
+    let format = log.get("format")?.get_ref().as_str()?;
+    LogFormat::ALL
+        .iter()
+        .copied()
+        .find(|f| f.as_str() == format)
 }
 
 /// 1-based line and column (in characters) of a byte offset.

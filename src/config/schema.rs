@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::section::section;
-use super::values::{Secret, StatusRanges};
+use super::values::{AccessFormat, LogFormat, Secret, StatusRanges};
 use crate::strategy::StrategyKind;
 
 /// hyper cannot read request heads with a buffer under 8 KiB.
@@ -169,6 +169,24 @@ section! {
 }
 
 section! {
+    /// `[log]`: the access log, and the format of clonelb's own log lines.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct LogConfig in "[log]" with Default {
+        /// One line per request: `"off"`, `"combined"` (Apache/nginx combined, then the
+        /// duration, the clone and the request ID) or `"json"`.
+        access: AccessFormat = AccessFormat::Off => choice,
+        /// Where access lines go; standard output when unset. Relative paths are from
+        /// lb.toml's directory. Reopened on SIGUSR1 and on every reload.
+        access_path: Option<PathBuf> = None => file,
+        /// Log the query string with the path (off: it may carry tokens).
+        access_query: bool = false => boolean,
+        /// clonelb's own log lines on stderr: `"text"` or `"json"` (`--log-format`
+        /// overrides it; a change needs a restart).
+        format: LogFormat = LogFormat::Text => choice,
+    }
+}
+
+section! {
     /// One `[[backend]]`: a clone.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
     pub struct BackendConfig in "[[backend]]" {
@@ -195,6 +213,7 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `None` when `[admin]` is absent: no admin listener.
     pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
     /// `[error_pages]`: status → file (relative paths joined to lb.toml's folder) served
     /// instead of clonelb's own text for that status. Only the paths: the files are read
     /// by `error_pages` when the file is loaded.

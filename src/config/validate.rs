@@ -18,7 +18,7 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::schema::MAX_WEIGHT;
 use super::values::{
-    parse_address, parse_duration, parse_size, Secret, StatusRanges, MAX_DURATION,
+    parse_address, parse_duration, parse_size, Choice, Secret, StatusRanges, MAX_DURATION,
 };
 use super::walker::{find, Walker};
 use crate::strategy::StrategyKind;
@@ -185,6 +185,33 @@ impl Walker<'_> {
     }
 
     /// `"round-robin"` or `"least-connections"`.
+    /// One of a fixed set of words (an enum implementing [`Choice`]).
+    pub(super) fn choice<C: Choice>(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &'static str,
+        slot: &mut C,
+    ) {
+        let Some((s, span)) = self.string(table, key) else {
+            return;
+        };
+        match C::ALL.iter().find(|c| c.as_str() == s) {
+            Some(c) => *slot = *c,
+            None => self.report(
+                span,
+                ConfigError::UnknownChoice {
+                    key,
+                    value: s.to_string(),
+                    expected: C::ALL
+                        .iter()
+                        .map(|c| format!("\"{}\"", c.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            ),
+        }
+    }
+
     pub(super) fn strategy(&mut self, table: &DeTable<'_>, key: &str, slot: &mut StrategyKind) {
         if let Some((s, span)) = self.string(table, key) {
             match s {

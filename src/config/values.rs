@@ -163,3 +163,52 @@ impl Serialize for Secret {
         serializer.serialize_str("<redacted>")
     }
 }
+
+/// A key whose value is one of a fixed set of words (read by the `choice` validator).
+pub trait Choice: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+}
+
+/// `[log] access`: the access log's format, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    Off,
+    /// Apache/nginx "combined", then duration (s), clone and request ID.
+    Combined,
+    Json,
+}
+
+impl Choice for AccessFormat {
+    const ALL: &'static [Self] = &[
+        AccessFormat::Off,
+        AccessFormat::Combined,
+        AccessFormat::Json,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            AccessFormat::Off => "off",
+            AccessFormat::Combined => "combined",
+            AccessFormat::Json => "json",
+        }
+    }
+}
+
+/// `[log] format` (and `--log-format`): clonelb's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Choice for LogFormat {
+    const ALL: &'static [Self] = &[LogFormat::Text, LogFormat::Json];
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}

@@ -28,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "limits",
     "reload",
     "admin",
+    "log",
     "error_pages",
     "backend",
 ];
@@ -56,6 +57,7 @@ impl Walker<'_> {
         let limits = self.optional(root, "limits");
         let health = self.table(root, "health").map(|(t, _)| self.health(t));
         let reload = self.optional(root, "reload");
+        let log = self.optional(root, "log");
         let admin = self
             .table(root, "admin")
             .map(|(t, span)| self.admin(t, span));
@@ -72,6 +74,7 @@ impl Walker<'_> {
             limits,
             reload,
             admin,
+            log,
             error_pages,
             backends,
         }

@@ -33,8 +33,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::ServerConfig;
 use tokio::time::Instant;
 
+use crate::access_log::{self, AccessLog};
 use crate::backend::{Backend, BackendState};
-use crate::config::Config;
+use crate::config::{Choice, Config};
 use crate::error_pages::ErrorPages;
 use crate::health::HealthChecks;
 use crate::stats::ProcessStats;
@@ -95,6 +96,8 @@ pub struct ControlState {
     process: Arc<ProcessStats>,
     /// Every clone's last minute; its own lock, so a tick never holds `inner`'s.
     history: Mutex<History>,
+    /// The access log (configured by every publish, reopened by every reload).
+    access: Arc<AccessLog>,
 }
 
 struct Inner {
@@ -125,6 +128,9 @@ impl ControlState {
     /// Generation 1 of `inputs`. Starts the health checkers, the drain reaper and the
     /// one-second ring's task on `rt` (both tasks end once the `ControlState` is dropped).
     pub fn new(inputs: Inputs, rt: tokio::runtime::Handle) -> Arc<ControlState> {
+        let process = Arc::new(ProcessStats::new());
+        let access = Arc::new(AccessLog::new(Arc::clone(&process)));
+        access.configure(access_log::Settings::of(&inputs.config.log));
         let state = Arc::new(ControlState {
             table: Arc::new(ArcSwap::from_pointee(
                 RoutingTable::build(&inputs.config, None)
@@ -142,8 +148,9 @@ impl ControlState {
                 draining: Vec::new(),
                 health: HealthChecks::default(),
             }),
-            process: Arc::new(ProcessStats::new()),
+            process,
             history: Mutex::new(History::default()),
+            access,
         });
         {
             let mut inner = state.lock();
@@ -202,6 +209,11 @@ impl ControlState {
     /// connections, reloads.
     pub fn process_stats(&self) -> &Arc<ProcessStats> {
         &self.process
+    }
+
+    /// The access log (for the completion hook, SIGUSR1 and shutdown).
+    pub fn access_log(&self) -> &Arc<AccessLog> {
+        &self.access
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -321,6 +333,8 @@ impl ControlState {
         inner.last_error = None;
         self.sync_health(&mut inner);
         self.process.count_reload(true);
+        // logrotate's convention: every reload reopens the access log.
+        self.access.configure(access_log::Settings::of(&config.log));
         summary
     }
 
@@ -338,6 +352,8 @@ impl ControlState {
         }
         inner.last_error = Some(lines);
         self.process.count_reload(false);
+        // A reload, even a rejected one, reopens the access log (logrotate's convention).
+        self.access.reopen();
     }
 
     /// What is running now.
@@ -454,6 +470,14 @@ fn keep_restart_only_settings(
             "limits.max_connections cannot change without a restart; keeping the running limit"
         );
         config.limits.max_connections = running.limits.max_connections;
+    }
+    if config.log.format != running.log.format {
+        tracing::warn!(
+            running = running.log.format.as_str(),
+            configured = config.log.format.as_str(),
+            "log.format cannot change without a restart; keeping the running format"
+        );
+        config.log.format = running.log.format;
     }
 }
 

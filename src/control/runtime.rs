@@ -58,15 +58,16 @@ impl Drop for Runtime {
     }
 }
 
-/// Take over SIGHUP, SIGTERM and SIGINT for this process, on `rt`. Done by `clonelb run`
+/// Take over SIGHUP, SIGUSR1, SIGTERM and SIGINT for this process, on `rt`. Done by `clonelb run`
 /// (and `demo`) before any listener is bound, so there is no moment when the port accepts
 /// connections while a signal would still kill the process with its default action.
 ///
-/// SIGHUP calls `on_hup`. The first SIGTERM or SIGINT is sent on the returned channel
+/// SIGHUP calls `on_hup`, SIGUSR1 `on_usr1` (reopen the access log). The first SIGTERM or SIGINT is sent on the returned channel
 /// (graceful stop); a second one exits the process at once with status 1.
 pub fn install_signals(
     rt: &tokio::runtime::Handle,
     on_hup: impl Fn() + Send + 'static,
+    on_usr1: impl Fn() + Send + 'static,
 ) -> std::io::Result<mpsc::Receiver<()>> {
     let (tx, rx) = mpsc::channel();
     #[cfg(unix)]
@@ -77,6 +78,7 @@ pub fn install_signals(
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         rt.spawn(async move {
             let mut stopping = false;
             loop {
@@ -85,6 +87,10 @@ pub fn install_signals(
                     _ = int.recv() => {}
                     _ = hup.recv() => {
                         on_hup();
+                        continue;
+                    }
+                    _ = usr1.recv() => {
+                        on_usr1();
                         continue;
                     }
                 }
@@ -99,7 +105,7 @@ pub fn install_signals(
     }
     #[cfg(not(unix))]
     {
-        let _ = on_hup;
+        let _ = (on_hup, on_usr1);
         rt.spawn(async move {
             let mut stopping = false;
             while tokio::signal::ctrl_c().await.is_ok() {

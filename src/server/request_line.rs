@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_clonelbs_own_414() {
-        let text = crate::proxy::error_text(&ProxyError::Rejected(RequestError::UriTooLong));
+        let text = crate::proxy::error_text(&ProxyError::Rejected(RequestError::UriTooLong), None);
         const BODY: &str = body!();
         assert_eq!(BODY.as_bytes(), &text[..]);
         let answer = std::str::from_utf8(RESPONSE).unwrap();

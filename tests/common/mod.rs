@@ -455,6 +455,16 @@ impl Answer {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// clonelb's own plain-text answer without its last line, `request id: ID`, which
+    /// must name the response's `X-Request-Id`.
+    pub fn error_line(&self) -> String {
+        let text = self.text();
+        let id = self.headers.get("x-request-id").expect("no x-request-id");
+        let last = format!("request id: {}\n", id.to_str().unwrap());
+        assert!(text.ends_with(&last), "{text:?} does not end with {last:?}");
+        text[..text.len() - last.len()].to_string()
+    }
     pub fn clone_name(&self) -> String {
         self.headers
             .get("x-clone")
