@@ -12,6 +12,10 @@
 #
 # Options: --rounds N, --duration S, --conns "64 256", --idle N (0: no idle test), --soak S,
 # --no-h2, --quick, --targets "direct clonelb-rr clonelb-lc haproxy nginx" (the default).
+#   clonelb-log     one more target on request: clonelb-rr with the access log on
+#                   ([log] access = "json" to a file under $RUN, truncated before each run);
+#                   the report adds "clonelb-log vs clonelb-rr" from per-round ratios, e.g.
+#                   --targets "clonelb-rr clonelb-log haproxy".
 #   --clonelb BIN   the clonelb binary under test ("the current build"). Default: build
 #                   $ROOT/target/release/clonelb with cargo and use it; with --clonelb nothing
 #                   is built (unless nginx is missing: then only examples/clone, the fallback
@@ -152,9 +156,12 @@ for p in 9001 9002 9003; do wait_port $p; done
 PORT[direct]=9001; ROOTPID[direct]=${PIDS[0]}
 
 # ------------------------------------------------------------------ targets
-clonelb_config() {  # clonelb_config BIN NAME STRATEGY PORT H2PORT -> $RUN/NAME.toml
+clonelb_config() {  # clonelb_config BIN NAME STRATEGY PORT H2PORT [ACCESS_LOG] -> $RUN/NAME.toml
   local bin=$1 conf="$RUN/$2.toml"; shift 2
   {
+    if [[ -n ${4:-} ]]; then
+      printf '[log]\naccess = "json"\naccess_path = "%s"\n' "$4"
+    fi
     echo "[listen]"
     echo "http = \"127.0.0.1:$2\""
     if [[ $HAVE_TLS = 1 ]]; then
@@ -175,13 +182,14 @@ clonelb_config() {  # clonelb_config BIN NAME STRATEGY PORT H2PORT -> $RUN/NAME.
 
 start_target() {  # start_target NAME
   case $1 in
-    clonelb-rr|clonelb-lc|baseline-rr|baseline-lc)
-      local strategy=round-robin port=18031 h2=18431 bin=$CLONELB
+    clonelb-rr|clonelb-lc|baseline-rr|baseline-lc|clonelb-log)
+      local strategy=round-robin port=18031 h2=18431 bin=$CLONELB log=""
       [[ $1 = *-lc ]] && { strategy=least-connections; port=18032; h2=18432; }
       # the baseline build: same config on ports two above
       [[ $1 = baseline-* ]] && { bin=$BASELINE; port=$((port + 2)); h2=$((h2 + 2)); }
       local conf=${1%%-*}-$strategy   # clonelb-round-robin, baseline-least-connections, ...
-      if clonelb_config "$bin" "$conf" $strategy $port $h2; then H2PORT[$1]=$h2; fi
+      [[ $1 = clonelb-log ]] && { port=18035; h2=18435; conf=clonelb-log; log=$RUN/access.log; }
+      if clonelb_config "$bin" "$conf" $strategy $port $h2 $log; then H2PORT[$1]=$h2; fi
       CLONELB_LOG=warn taskset -c "$LB_CPU" "$bin" run --config "$RUN/$conf.toml" \
         2>"$RUN/$1.log" &
       started $!; ROOTPID[$1]=$!; PORT[$1]=$port;;
@@ -277,6 +285,7 @@ for c in $CONNS; do
     # interleave, rotating the starting target each round
     for t in $(round_order "$r" 1); do
       url="http://127.0.0.1:${PORT[$t]}/"
+      [[ $t = clonelb-log ]] && : > "$RUN/access.log"   # keep /tmp small; O_APPEND goes on
       taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d1s "$url" >/dev/null 2>&1   # warm-up
       t0=$(tree_ticks "${ROOTPID[$t]}")
       out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "$url" 2>&1)
@@ -299,6 +308,7 @@ if [[ $HAVE_TLS = 1 ]]; then
   for r in $(seq "$ROUNDS"); do
     for t in $(round_order "$r" 0); do
       [[ -n ${H2PORT[$t]:-} ]] || continue
+      [[ $t = clonelb-log ]] && : > "$RUN/access.log"
       t0=$(tree_ticks "${ROOTPID[$t]}")
       out=$(taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D "$DURATION" "https://127.0.0.1:${H2PORT[$t]}/" 2>&1)
       t1=$(tree_ticks "${ROOTPID[$t]}")
@@ -411,6 +421,8 @@ for kind in ("h1", "h2"):
                       f"req/s {statistics.median(rr):.3f}, CPU µs/req {statistics.median(cpu):.3f}")
         cmp = [(t, "baseline-" + t[len("clonelb-"):]) for t in targets
                if t.startswith("clonelb-") and "baseline-" + t[len("clonelb-"):] in m]
+        if "clonelb-log" in m and "clonelb-rr" in m:
+            cmp.append(("clonelb-log", "clonelb-rr"))
         if cmp:
             print()
         for new, old in cmp:

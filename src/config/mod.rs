@@ -380,6 +380,50 @@ address = "localhost:9002"
     }
 
     #[test]
+    fn log_section() {
+        let c = parse("t", MINIMAL).unwrap().config;
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(
+            (c.log.access, c.log.format, c.log.access_query),
+            (AccessFormat::Off, LogFormat::Text, false)
+        );
+        let c = parse(
+            "dir/lb.toml",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[log]\naccess = \"json\"\naccess_path = \"log/a.log\"\naccess_query = true\nformat = \"json\"\n",
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.log.access, AccessFormat::Json);
+        assert_eq!(
+            c.log.access_path.as_deref(),
+            Some(Path::new("dir/log/a.log"))
+        );
+        assert!(c.log.access_query);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(
+            errors("[listen]\nhttp = \"127.0.0.1:1\"\n[log]\naccess = \"common\"\nformat = \"xml\"\naccess_path = \"\"\n"),
+            vec![
+                "lb.toml:4:10: unknown value \"common\" for `access` (expected \"off\", \"combined\", \"json\")",
+                "lb.toml:5:10: unknown value \"xml\" for `format` (expected \"text\", \"json\")",
+                "lb.toml:6:15: `access_path` must not be empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn log_format_is_read_before_the_full_load() {
+        let dir = std::env::temp_dir().join(format!("clonelb-logfmt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("lb.toml");
+        std::fs::write(&p, "[log]\nformat = \"json\"\n[listen]\nhttp = \"bad\"\n").unwrap();
+        assert_eq!(log_format_of(&p), Some(LogFormat::Json));
+        std::fs::write(&p, "[log]\nformat = \"yaml\"\n").unwrap();
+        assert_eq!(log_format_of(&p), None);
+        assert_eq!(log_format_of(&dir.join("missing.toml")), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn admin_section() {
         assert_eq!(parse("t", MINIMAL).unwrap().config.admin, None);
         let c = parse(
