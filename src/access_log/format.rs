@@ -25,7 +25,7 @@ const MONTHS: [&str; 12] = [
 
 #[derive(Serialize)]
 struct JsonLine<'a> {
-    time: String,
+    time: &'a str,
     client: std::net::IpAddr,
     method: &'a str,
     path: &'a str,
@@ -67,63 +67,111 @@ fn ms(d: std::time::Duration) -> f64 {
     (as_ms(d) * 1000.0).round() / 1000.0
 }
 
-pub(super) fn json(buf: &mut Vec<u8>, e: &Entry, query: bool) {
-    let line = JsonLine {
-        time: humantime::format_rfc3339_millis(e.time).to_string(),
-        client: e.client.ip(),
-        method: e.method.as_str(),
-        path: target(e, query),
-        protocol: protocol(e.head.version),
-        status: e.status,
-        bytes: e.bytes,
-        duration_ms: ms(e.duration),
-        head_ms: e.head_time.map(ms),
-        clone: e.clone.as_deref(),
-        attempts: e.attempts,
-        outcome: e.outcome.as_str(),
-        request_id: String::from_utf8_lossy(e.request_id.as_bytes()),
-        user_agent: e
-            .head
-            .user_agent
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v.as_bytes())),
-        referer: e
-            .head
-            .referer
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v.as_bytes())),
-    };
-    // Serializing plain fields into a Vec cannot fail; a failure would lose one line.
-    if serde_json::to_writer(&mut *buf, &line).is_ok() {
-        buf.push(b'\n');
-    }
+/// Formats lines; keeps the current second's date text, so a line's time costs a few
+/// digits, not a calendar computation and an allocation.
+#[derive(Default)]
+pub(super) struct Formatter {
+    /// The Unix second `rfc` and `clf` are for (`None` before the first line).
+    second: Option<u64>,
+    /// `2026-12-01T10:00:00`
+    rfc: String,
+    /// `01/Dec/2026:10:00:00 +0000`
+    clf: String,
+    /// `rfc` with `.mmmZ`: the line's own time.
+    time: String,
 }
 
-pub(super) fn combined(buf: &mut Vec<u8>, e: &Entry, query: bool) {
-    let _ = write!(buf, "{} - - [", e.client.ip());
-    clf_time(buf, e.time);
-    buf.extend_from_slice(b"] \"");
-    escaped(buf, e.method.as_str().as_bytes());
-    buf.push(b' ');
-    escaped(buf, target(e, query).as_bytes());
-    let _ = write!(
-        buf,
-        " {}\" {} {} \"",
-        protocol(e.head.version),
-        e.status,
-        e.bytes
-    );
-    quoted_or_dash(buf, e.head.referer.as_ref().map(|v| v.as_bytes()));
-    buf.extend_from_slice(b"\" \"");
-    quoted_or_dash(buf, e.head.user_agent.as_ref().map(|v| v.as_bytes()));
-    let _ = write!(
-        buf,
-        "\" {:.3} {} ",
-        e.duration.as_secs_f64(),
-        e.clone.as_deref().unwrap_or("-")
-    );
-    escaped(buf, e.request_id.as_bytes());
-    buf.push(b'\n');
+impl Formatter {
+    fn at(&mut self, t: SystemTime) {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            self.second = Some(since.as_secs());
+            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since.as_secs());
+            // `YYYY-MM-DDTHH:MM:SSZ` (humantime always writes four-digit years).
+            let s = humantime::format_rfc3339_seconds(whole).to_string();
+            self.rfc.clear();
+            self.rfc.push_str(s.trim_end_matches('Z'));
+            self.clf.clear();
+            let month = s
+                .get(5..7)
+                .and_then(|m| m.parse::<usize>().ok())
+                .and_then(|m| MONTHS.get(m.wrapping_sub(1)));
+            match (month, s.get(0..4), s.get(8..10), s.get(11..19)) {
+                (Some(mon), Some(year), Some(day), Some(hms)) => {
+                    let _ = std::fmt::Write::write_fmt(
+                        &mut self.clf,
+                        format_args!("{day}/{mon}/{year}:{hms} +0000"),
+                    );
+                }
+                _ => self.clf.push_str(&s),
+            }
+        }
+        self.time.clear();
+        self.time.push_str(&self.rfc);
+        let _ = std::fmt::Write::write_fmt(
+            &mut self.time,
+            format_args!(".{:03}Z", since.subsec_millis()),
+        );
+    }
+
+    pub(super) fn json(&mut self, buf: &mut Vec<u8>, e: &Entry, query: bool) {
+        self.at(e.time);
+        let line = JsonLine {
+            time: &self.time,
+            client: e.client.ip(),
+            method: e.method.as_str(),
+            path: target(e, query),
+            protocol: protocol(e.head.version),
+            status: e.status,
+            bytes: e.bytes,
+            duration_ms: ms(e.duration),
+            head_ms: e.head_time.map(ms),
+            clone: e.clone.as_deref(),
+            attempts: e.attempts,
+            outcome: e.outcome.as_str(),
+            request_id: String::from_utf8_lossy(e.request_id.as_bytes()),
+            user_agent: e
+                .head
+                .user_agent
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v.as_bytes())),
+            referer: e
+                .head
+                .referer
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v.as_bytes())),
+        };
+        // Serializing plain fields into a Vec cannot fail; a failure would lose one line.
+        if serde_json::to_writer(&mut *buf, &line).is_ok() {
+            buf.push(b'\n');
+        }
+    }
+
+    pub(super) fn combined(&mut self, buf: &mut Vec<u8>, e: &Entry, query: bool) {
+        self.at(e.time);
+        let _ = write!(buf, "{} - - [{}] \"", e.client.ip(), self.clf);
+        escaped(buf, e.method.as_str().as_bytes());
+        buf.push(b' ');
+        escaped(buf, target(e, query).as_bytes());
+        let _ = write!(
+            buf,
+            " {}\" {} {} \"",
+            protocol(e.head.version),
+            e.status,
+            e.bytes
+        );
+        quoted_or_dash(buf, e.head.referer.as_ref().map(|v| v.as_bytes()));
+        buf.extend_from_slice(b"\" \"");
+        quoted_or_dash(buf, e.head.user_agent.as_ref().map(|v| v.as_bytes()));
+        let _ = write!(
+            buf,
+            "\" {:.3} {} ",
+            e.duration.as_secs_f64(),
+            e.clone.as_deref().unwrap_or("-")
+        );
+        escaped(buf, e.request_id.as_bytes());
+        buf.push(b'\n');
+    }
 }
 
 fn quoted_or_dash(buf: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -141,29 +189,6 @@ fn escaped(buf: &mut Vec<u8>, v: &[u8]) {
         } else {
             buf.push(b);
         }
-    }
-}
-
-/// `01/Dec/2026:10:00:00 +0000` (UTC), from RFC 3339's `2026-12-01T10:00:00Z`.
-fn clf_time(buf: &mut Vec<u8>, t: SystemTime) {
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    let b = s.as_bytes();
-    // `YYYY-MM-DDTHH:MM:SSZ`: fixed positions (humantime always writes four-digit years).
-    let month = s
-        .get(5..7)
-        .and_then(|m| m.parse::<usize>().ok())
-        .and_then(|m| MONTHS.get(m.wrapping_sub(1)));
-    match (
-        b.len() == 20,
-        month,
-        s.get(0..4),
-        s.get(8..10),
-        s.get(11..19),
-    ) {
-        (true, Some(mon), Some(year), Some(day), Some(hms)) => {
-            let _ = write!(buf, "{day}/{mon}/{year}:{hms} +0000");
-        }
-        _ => buf.extend_from_slice(s.as_bytes()),
     }
 }
 
@@ -200,7 +225,7 @@ mod tests {
     #[test]
     fn combined_line() {
         let mut buf = Vec::new();
-        combined(&mut buf, &entry(), false);
+        Formatter::default().combined(&mut buf, &entry(), false);
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "127.0.0.1 - - [01/Dec/2026:10:00:00 +0000] \"GET /a HTTP/1.1\" 200 43 \"-\" \"curl/8.0\" 0.002 clone-1 5f0c\n"
@@ -209,7 +234,7 @@ mod tests {
         let mut e = entry();
         e.head.user_agent = Some(HeaderValue::from_bytes(b"a\"b\\c\xff").unwrap());
         e.clone = None;
-        combined(&mut buf, &e, true);
+        Formatter::default().combined(&mut buf, &e, true);
         let line = String::from_utf8(buf).unwrap();
         assert!(line.contains("\"GET /a?token=x HTTP/1.1\""), "{line}");
         assert!(line.contains("\"a\\x22b\\x5Cc\\xFF\""), "{line}");
@@ -219,7 +244,7 @@ mod tests {
     #[test]
     fn json_line() {
         let mut buf = Vec::new();
-        json(&mut buf, &entry(), false);
+        Formatter::default().json(&mut buf, &entry(), false);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["time"], "2026-12-01T10:00:00.000Z");
         assert_eq!(v["client"], "127.0.0.1");
@@ -233,5 +258,27 @@ mod tests {
         assert_eq!(v["request_id"], "5f0c");
         assert_eq!(v["referer"], serde_json::Value::Null);
         assert_eq!(*buf.last().unwrap(), b'\n');
+    }
+
+    #[test]
+    fn the_cached_second_follows_the_clock() {
+        let mut f = Formatter::default();
+        let mut e = entry();
+        let mut buf = Vec::new();
+        for (offset_ms, want) in [
+            (0, "2026-12-01T10:00:00.000Z"),
+            (999, "2026-12-01T10:00:00.999Z"),
+            (1_001, "2026-12-01T10:00:01.001Z"),
+            (86_400_000, "2026-12-02T10:00:00.000Z"),
+        ] {
+            e.time = entry().time + Duration::from_millis(offset_ms);
+            buf.clear();
+            f.json(&mut buf, &e, false);
+            let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            assert_eq!(v["time"], want);
+        }
+        buf.clear();
+        f.combined(&mut buf, &e, false);
+        assert!(String::from_utf8(buf).unwrap().contains("[02/Dec/2026:10:00:00 +0000]"));
     }
 }

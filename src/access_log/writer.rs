@@ -1,14 +1,16 @@
 //! The access log's thread: receive entries, format them into a buffer, write the buffer
 //! to the file (or standard output) when the channel runs empty, when it is large, or
-//! when its oldest line has waited [`FLUSH_EVERY`].
+//! when its oldest line has waited [`FLUSH_EVERY`]. Under load it looks at the queue every
+//! [`TICK`] instead of being woken per line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{format, Msg, Settings, FLUSH_BYTES, FLUSH_EVERY};
+use super::format::Formatter;
+use super::{Msg, Settings, FLUSH_BYTES, FLUSH_EVERY};
 use crate::config::AccessFormat;
 use crate::stats::ProcessStats;
 
@@ -16,28 +18,63 @@ pub(super) fn run(rx: Receiver<Msg>, stats: Arc<ProcessStats>) {
     let mut sink = Sink {
         settings: None,
         out: Out::Closed,
+        fmt: Formatter::default(),
         buf: Vec::with_capacity(FLUSH_BYTES + 4096),
         lines: 0,
         oldest: None,
         failing: false,
         stats,
     };
-    // Block for the next message; then take what else is queued without blocking, and
-    // write when the queue is empty.
-    while let Ok(msg) = rx.recv() {
-        let mut next = Some(msg);
-        while let Some(msg) = next.take() {
-            sink.handle(msg);
-            next = match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => None,
-            };
+    // Idle: block until a message comes (its sender wakes this thread). Busy: take what
+    // is queued, write it, then sleep one tick instead of blocking, so that under load the
+    // workers' sends never have a sleeping receiver to wake (a wake-up per line would cost
+    // a context switch per request). Back to blocking after a tick that found nothing.
+    while let Ok(first) = rx.recv() {
+        sink.handle(first);
+        loop {
+            match drain(&rx, &mut sink) {
+                Drained::Some => {}
+                Drained::None => break,
+                Drained::Closed => {
+                    sink.flush();
+                    return;
+                }
+            }
+            sink.flush();
+            std::thread::sleep(TICK);
         }
         sink.flush();
     }
     // Every sender is gone (the balancer was dropped): write what is left.
     sink.flush();
+}
+
+/// How long a busy writer sleeps between two looks at the queue.
+const TICK: Duration = Duration::from_millis(20);
+
+enum Drained {
+    /// Messages were handled.
+    Some,
+    /// The queue was empty.
+    None,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// Handle every message queued now.
+fn drain(rx: &Receiver<Msg>, sink: &mut Sink) -> Drained {
+    let mut any = false;
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => {
+                sink.handle(msg);
+                any = true;
+            }
+            Err(TryRecvError::Empty) if any => return Drained::Some,
+            Err(TryRecvError::Empty) => return Drained::None,
+            Err(TryRecvError::Disconnected) => return Drained::Closed,
+        }
+    }
 }
 
 enum Out {
@@ -50,6 +87,7 @@ enum Out {
 struct Sink {
     settings: Option<Settings>,
     out: Out,
+    fmt: Formatter,
     /// Formatted lines not yet written.
     buf: Vec<u8>,
     /// How many lines `buf` holds.
@@ -70,9 +108,9 @@ impl Sink {
                 };
                 match settings.format {
                     AccessFormat::Off => return,
-                    AccessFormat::Json => format::json(&mut self.buf, &entry, settings.query),
+                    AccessFormat::Json => self.fmt.json(&mut self.buf, &entry, settings.query),
                     AccessFormat::Combined => {
-                        format::combined(&mut self.buf, &entry, settings.query)
+                        self.fmt.combined(&mut self.buf, &entry, settings.query)
                     }
                 }
                 self.lines += 1;
