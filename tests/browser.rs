@@ -267,7 +267,11 @@ async fn the_page_shows_every_clone_follows_their_state_steers_them_and_notices_
         spawn_clone("web-2"),
         spawn_clone("web-3"),
     ];
-    let lb = spawn_lb(&config(&clones.iter().collect::<Vec<_>>(), ""));
+    let all: Vec<&TestClone> = clones.iter().collect();
+    let dir = fresh_dir("browser");
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, config(&all, "")).unwrap();
+    let lb = clonelb::Balancer::start_from_file_with_workers(&path, 2).unwrap();
     let admin = lb.admin_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(lb.http_addr(), Arc::clone(&stop));
@@ -335,10 +339,10 @@ async fn the_page_shows_every_clone_follows_their_state_steers_them_and_notices_
     // The body only: the table without the empty viewport below it.
     let body = browser.find(Locator::Css("body")).await.unwrap();
     let png = body.screenshot().await.unwrap();
-    let path = screenshot_path();
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, png).unwrap();
-    eprintln!("screenshot: {}", path.display());
+    let shot = screenshot_path();
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    std::fs::write(&shot, png).unwrap();
+    eprintln!("screenshot: {}", shot.display());
 
     // A POST that fails shows its error line (the page's own steer(), on a name no clone has).
     browser
@@ -369,6 +373,30 @@ async fn the_page_shows_every_clone_follows_their_state_steers_them_and_notices_
     assert_eq!(state_in(&status(admin, None).await, "web-3"), "up");
     assert!(!action_error.is_displayed().await.unwrap());
 
+    // A failed reload: the red banner with its lines, until a good one clears it.
+    let banner = browser.find(Locator::Id("last-error")).await.unwrap();
+    assert!(!banner.is_displayed().await.unwrap());
+    std::fs::write(
+        &path,
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[proxy]\nretries = \"x\"\n",
+    )
+    .unwrap();
+    let _ = lb.reload();
+    wait_for("the failed reload's banner", PAGE_WAIT, || async {
+        (banner.is_displayed().await.unwrap()
+            && banner.text().await.unwrap().contains("lb.toml:4:"))
+        .then_some(())
+    })
+    .await;
+    std::fs::write(&path, config(&all, "").replace("weight = 1", "weight = 2")).unwrap();
+    let _ = lb.reload();
+    let generation = browser.find(Locator::Id("generation")).await.unwrap();
+    wait_for("the good reload", PAGE_WAIT, || async {
+        (!banner.is_displayed().await.unwrap() && generation.text().await.unwrap() == "2")
+            .then_some(())
+    })
+    .await;
+
     // The balancer gone: the page says so.
     stop.store(true, SeqCst);
     load.await.unwrap();
@@ -387,6 +415,7 @@ async fn the_page_shows_every_clone_follows_their_state_steers_them_and_notices_
         .unwrap()
         .contains("balancer is not answering"));
     browser.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
