@@ -182,6 +182,40 @@ async fn status_shows_every_state_and_a_failed_reload() {
     assert!(v["config"]["loaded_at"].as_str().unwrap().ends_with('Z'));
     // The old pool still serves.
     assert_eq!(get(addr, "/").await.status, 200);
+    // `history`: the last minute second by second, oldest first, once a few have ticked.
+    assert!(
+        eventually(Duration::from_secs(10), || lb
+            .status()
+            .clone_named("a")
+            .is_some_and(|c| c.history.len() >= 2))
+        .await
+    );
+    let (_, v) = get_json(admin, "/status").await;
+    let a_entry = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "a")
+        .unwrap();
+    let history = a_entry["history"].as_array().unwrap();
+    assert!((2..=60).contains(&history.len()), "{a_entry}");
+    for point in history {
+        let point = point.as_object().unwrap();
+        let mut keys: Vec<&str> = point.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["p99_ms", "rps", "t"], "{a_entry}");
+        assert!(point["t"].as_str().unwrap().ends_with('Z'), "{a_entry}");
+        assert!(point["rps"].as_f64().unwrap() >= 0.0, "{a_entry}");
+        assert!(
+            point["p99_ms"].is_null() || point["p99_ms"].as_f64().is_some(),
+            "{a_entry}"
+        );
+    }
+    let times: Vec<&str> = history.iter().map(|p| p["t"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "t not ascending: {times:?}"
+    );
     d.release();
     for h in held {
         assert_eq!(h.await.unwrap(), 200);

@@ -47,5 +47,11 @@ pub(super) fn clone_entry(c: &CloneStatus) -> Value {
             "p50_ms": c.last_minute.p50_ms,
             "p99_ms": c.last_minute.p99_ms,
         },
+        // The last minute second by second, oldest first (the status page's charts).
+        "history": c.history.iter().map(|h| json!({
+            "t": rfc3339(h.t),
+            "rps": h.rps,
+            "p99_ms": h.p99_ms,
+        })).collect::<Vec<_>>(),
     })
 }

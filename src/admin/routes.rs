@@ -1,6 +1,7 @@
 //! The admin API's routes, its token check and its cross-site guard.
 //!
-//! Public (no token): `GET /` (a static page holding no data), `GET /live`, `GET /ready`.
+//! Public (no token): `GET /` (the status page: static, it fetches `/status` itself with
+//! the token the user gives it), `GET /live`, `GET /ready`.
 //! Everything else needs `Authorization: Bearer <token>` when `[admin] token` is set
 //! (compared in constant time; the token read from the running configuration, so a
 //! reload's new token applies at once). A `POST` carrying an `Origin` other than the
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -242,19 +243,34 @@ fn metrics_answer(admin: &Admin) -> Answer {
     }
 }
 
-/// The admin's start page: static, holds no data (the live status page replaces it).
+/// The live status page (`page.html`): static HTML that polls `/status` from the browser
+/// with the token the user types in, so it holds no data itself and needs no token.
 fn page() -> Answer {
     let mut resp = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Its own inline script and style, fetches to its own origin, and never inside another
+    // site's frame (where a click on Disable could be stolen).
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; \
+             base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
     );
     resp
 }
 
-const PAGE: &str = "<!doctype html><meta charset=utf-8><title>clonelb admin</title>\
-<h1>clonelb admin</h1><ul><li><a href=/status>/status</a> (JSON)<li><a href=/metrics>/metrics</a> \
-(Prometheus)<li><a href=/live>/live</a>, <a href=/ready>/ready</a></ul>";
+const PAGE: &str = include_str!("page.html");
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Answer {
     let mut text = body.to_string();
