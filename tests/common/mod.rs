@@ -569,57 +569,144 @@ pub fn fresh_dir(prefix: &str) -> std::path::PathBuf {
 pub struct BinLb {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The admin API's address, when `[admin]` is set (from the "clonelb serving" line).
+    pub admin: Option<SocketAddr>,
     pub dir: std::path::PathBuf,
     pub config: std::path::PathBuf,
     /// Lines the process writes to stderr, collected by a reader thread.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Lines the process writes to stdout (the access log without `access_path`).
+    pub out: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// The value of `key` in a log line, text (`key=VALUE`) or JSON (`"key":"VALUE"`).
+pub fn logged_value(line: &str, key: &str) -> Option<String> {
+    if let Some(rest) = line.split(&format!("\"{key}\":\"")).nth(1) {
+        return rest.split('"').next().map(str::to_string);
+    }
+    line.split(&format!("{key}="))
+        .nth(1)?
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+/// Collect the lines of `from` into `into` on a thread; `each` sees every line first.
+fn collect_lines(
+    from: impl std::io::Read + Send + 'static,
+    into: &Arc<Mutex<Vec<String>>>,
+    mut each: impl FnMut(&str) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead;
+    let lines = Arc::clone(into);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            each(&line);
+            lines.lock().unwrap().push(line);
+        }
+    })
 }
 
 impl BinLb {
     /// Start the binary on `toml` (whose listener should use port 0) and wait until it
     /// logs the address it serves on.
     pub fn start(toml: &str) -> BinLb {
-        use std::io::BufRead;
+        Self::start_with(toml, &[], &[])
+    }
+
+    /// As [`BinLb::start`], running `clonelb BEFORE.. run AFTER.. --config PATH`. The
+    /// address is found in text (`listen=ADDR`) and JSON (`"listen":"ADDR"`) logs.
+    pub fn start_with(toml: &str, before: &[&str], after: &[&str]) -> BinLb {
         let dir = fresh_dir("test");
         let config = dir.join("lb.toml");
         std::fs::write(&config, toml).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clonelb"))
-            .args(["run", "--config"])
+            .args(before)
+            .arg("run")
+            .args(after)
+            .arg("--config")
             .arg(&config)
             .env("CLONELB_LOG", "info")
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    if let Some(a) = rest.split_whitespace().next() {
-                        if let Ok(a) = a.parse::<SocketAddr>() {
-                            let _ = addr_tx.send(a);
-                        }
-                    }
+        let readers = vec![
+            collect_lines(stderr, &log, move |line| {
+                let listen = logged_value(line, "listen").and_then(|a| a.parse().ok());
+                if let Some(a) = listen {
+                    let admin: Option<SocketAddr> =
+                        logged_value(line, "admin").and_then(|a| a.parse().ok());
+                    let _ = addr_tx.send((a, admin));
                 }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
+            }),
+            collect_lines(stdout, &out, |_| {}),
+        ];
+        let Ok((addr, admin)) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("clonelb did not report its listen address");
+            panic!(
+                "clonelb did not report its listen address; its log: {:#?}",
+                log.lock().unwrap()
+            );
         };
         BinLb {
             child,
             addr,
+            admin,
             dir,
             config,
             log,
+            out,
+            readers,
         }
+    }
+
+    /// Send `signal` (e.g. "-USR1") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// The stderr lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The stdout lines so far.
+    pub fn out_lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait (at most 20 s) for the process to exit and for its output to be
+    /// read to the end.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("clonelb did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        status
     }
 
     pub fn pid(&self) -> u32 {
@@ -642,4 +729,16 @@ impl Drop for BinLb {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The complete lines of a file (a last line without its newline is not counted yet); none
+/// when it does not exist.
+pub fn file_lines(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    String::from_utf8(bytes)
+        .unwrap()
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .map(str::to_string)
+        .collect()
 }
