@@ -98,6 +98,9 @@ use crate::reload::{Reloader, Trigger};
 use crate::server::Signal;
 use crate::table::RoutingTable;
 
+/// How long a stop waits for the access log to write its last lines.
+const ACCESS_LOG_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How to start a [`Balancer`] beyond its configuration.
 #[derive(Clone)]
 pub struct Options {
@@ -370,8 +373,13 @@ impl Balancer {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        // Every request has ended: write the access log's last lines.
-        self.control.access_log().flush();
+        // Every request has ended: write the access log's last lines (bounded: a file
+        // that takes no writes must not keep the process from stopping).
+        if !self.control.access_log().flush(ACCESS_LOG_FLUSH_WAIT) {
+            tracing::warn!(
+                "access log: its last lines could not be written within {ACCESS_LOG_FLUSH_WAIT:?} (the file takes no writes); stopping anyway"
+            );
+        }
         self.control.stop();
         self.admin = None;
         self.runtime.stop();

@@ -146,6 +146,18 @@ fn main() -> ExitCode {
         (None, _) => false,
     };
     init_logging(json);
+    // A failed start's error: plain lines on stderr, or log lines when logs are JSON (so
+    // a log shipper gets nothing that does not parse).
+    let fail = |e: &dyn std::fmt::Display| {
+        if json {
+            for line in e.to_string().lines() {
+                tracing::error!("{line}");
+            }
+        } else {
+            eprintln!("{e}");
+        }
+        ExitCode::FAILURE
+    };
     if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
         raise_open_file_limit();
     }
@@ -153,19 +165,13 @@ fn main() -> ExitCode {
         Command::Run { config, reuse_port } => {
             match clonelb::run(&config, clonelb::Options::default().reuse_port(reuse_port)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&e),
             }
         }
         Command::Check { path } => check(&path),
         Command::Demo { listen } => match clonelb::demo::run(listen) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(&e),
         },
         Command::Status { admin } => exit(clonelb::cli::status(&admin.target())),
         Command::Disable {

@@ -201,7 +201,7 @@ async fn a_reload_by_the_watcher_cannot_change_the_format_from_json_and_says_so(
 }
 
 #[test]
-#[ignore = "bug: with JSON logging, a failed `run` prints its error as plain text (src/main.rs, Command::Run's Err arm: eprintln!)"]
+
 fn a_failed_start_is_logged_as_json_too() {
     let dir = fresh_dir("json-fail");
     // The port is taken.

@@ -25,8 +25,9 @@ mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
@@ -100,24 +101,79 @@ impl Entry {
     }
 }
 
-// `Line` is the message sent per request, the others are rare: boxing it to shrink the
+/// What goes through the queue. Control's requests do not (see [`Requests`]).
+// `Line` is the message sent per request, `Wake` is rare: boxing `Line` to shrink the
 // enum would cost an allocation per line.
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Line(Entry),
-    /// New settings: flush, then (re)open.
-    Configure(Settings),
-    /// Flush, then reopen the same path.
-    Reopen,
-    /// Flush, then answer.
-    Flush(SyncSender<()>),
+    /// Look at the pending [`Requests`].
+    Wake,
 }
 
-/// The access log of one balancer. Off (no thread, no channel) until first configured on;
+/// What the control side asks of the writer. Not sent through the queue, which may be
+/// full of lines a stalled file holds up: a reopen, a reload or a flush must never block
+/// the control thread (or the admin API, or shutdown). The writer looks at these after
+/// every batch of at most [`CAPACITY`] lines, and when woken.
+#[derive(Default)]
+struct Requests {
+    /// New settings: write what is buffered, then (re)open.
+    settings: Option<Settings>,
+    /// Write what is buffered, then reopen the same path.
+    reopen: bool,
+    /// Write what is buffered, then answer each.
+    flushed: Vec<SyncSender<()>>,
+}
+
+/// The requests and a flag that says there are some (one relaxed load per batch).
+#[derive(Default)]
+struct Pending {
+    any: AtomicBool,
+    requests: Mutex<Requests>,
+}
+
+impl Pending {
+    /// The requests made since the last call, if any.
+    fn take(&self) -> Option<Requests> {
+        if !self.any.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        let mut r = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(std::mem::take(&mut *r))
+    }
+}
+
+/// The writer thread's two inputs.
+struct Writer {
+    tx: SyncSender<Msg>,
+    pending: Arc<Pending>,
+}
+
+impl Writer {
+    /// Record a request and wake the writer (when the queue is full it is busy and looks
+    /// at the requests after its current batch anyway).
+    fn ask(&self, f: impl FnOnce(&mut Requests)) {
+        f(&mut self
+            .pending
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner));
+        self.pending.any.store(true, Ordering::Release);
+        let _ = self.tx.try_send(Msg::Wake);
+    }
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+/// The access log of one balancer. Off (no thread, no queue) until first configured on;
 /// its thread ends when the `AccessLog` is dropped (after writing what it holds).
 #[derive(Debug, Default)]
 pub struct AccessLog {
-    writer: OnceLock<SyncSender<Msg>>,
+    writer: OnceLock<Writer>,
     /// Where its counters go (dropped and lost lines).
     stats: Arc<ProcessStats>,
 }
@@ -130,62 +186,66 @@ impl AccessLog {
         }
     }
 
-    /// Queue one line; never blocks. A full channel drops the line and counts it.
+    /// Queue one line; never blocks. A full queue drops the line and counts it.
     #[inline]
     pub fn log(&self, entry: Entry) {
-        let Some(tx) = self.writer.get() else {
+        let Some(w) = self.writer.get() else {
             return;
         };
-        if tx.try_send(Msg::Line(entry)).is_err() {
+        if w.tx.try_send(Msg::Line(entry)).is_err() {
             self.stats.count_access_log_dropped();
         }
     }
 
     /// Apply `[log]`'s access settings and reopen the file (every publish: start-up and
-    /// each reload). Turning the log on the first time starts its thread.
+    /// each reload). Turning the log on the first time starts its thread. Never blocks.
     pub fn configure(&self, settings: Settings) {
         if settings.format == AccessFormat::Off && self.writer.get().is_none() {
             return;
         }
-        if let Some(tx) = self.writer() {
-            let _ = tx.send(Msg::Configure(settings));
+        if let Some(w) = self.writer() {
+            w.ask(|r| r.settings = Some(settings));
         }
     }
 
-    /// Reopen the file (SIGUSR1, or a reload that was rejected).
+    /// Reopen the file (SIGUSR1, or a reload that was rejected). Never blocks.
     pub fn reopen(&self) {
-        if let Some(tx) = self.writer.get() {
-            let _ = tx.send(Msg::Reopen);
+        if let Some(w) = self.writer.get() {
+            w.ask(|r| r.reopen = true);
         }
     }
 
-    /// Wait until every line queued so far is written (or lost and counted): at shutdown,
-    /// once the workers have stopped, and in tests.
-    pub fn flush(&self) {
-        if let Some(tx) = self.writer.get() {
-            let (done, wait) = mpsc::sync_channel(1);
-            if tx.send(Msg::Flush(done)).is_ok() {
-                let _ = wait.recv();
-            }
-        }
+    /// Wait, up to `timeout`, until every line queued so far is written (or lost and
+    /// counted): at shutdown, once the workers have stopped, and in tests. `false` when
+    /// the writer did not get there in time (a file that takes no writes: a full pipe, a
+    /// hung network mount).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(w) = self.writer.get() else {
+            return true;
+        };
+        let (done, wait) = mpsc::sync_channel(1);
+        w.ask(|r| r.flushed.push(done));
+        wait.recv_timeout(timeout).is_ok()
     }
 
-    /// The writer's channel, its thread started on first use (`None` when the thread
-    /// cannot be started: logged, and the log stays off).
-    fn writer(&self) -> Option<&SyncSender<Msg>> {
-        if let Some(tx) = self.writer.get() {
-            return Some(tx);
+    /// The writer, its thread started on first use (`None` when the thread cannot be
+    /// started: logged, and the log stays off).
+    fn writer(&self) -> Option<&Writer> {
+        if let Some(w) = self.writer.get() {
+            return Some(w);
         }
         let (tx, rx) = mpsc::sync_channel(CAPACITY);
+        let pending = Arc::new(Pending::default());
         let stats = Arc::clone(&self.stats);
+        let theirs = Arc::clone(&pending);
         let started = std::thread::Builder::new()
             .name("clonelb-access".into())
-            .spawn(move || writer::run(rx, stats));
+            .spawn(move || writer::run(rx, theirs, stats));
         match started {
             Ok(_) => {
-                // A racing second start loses here; its thread sees its channel closed
-                // and ends.
-                let _ = self.writer.set(tx);
+                // A racing second start loses here; its thread sees its queue closed and
+                // ends.
+                let _ = self.writer.set(Writer { tx, pending });
                 self.writer.get()
             }
             Err(e) => {

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::format::Formatter;
-use super::{Msg, Settings, FLUSH_BYTES, FLUSH_EVERY};
+use super::{Msg, Pending, Settings, CAPACITY, FLUSH_BYTES, FLUSH_EVERY};
 use crate::config::AccessFormat;
 use crate::stats::ProcessStats;
 
-pub(super) fn run(rx: Receiver<Msg>, stats: Arc<ProcessStats>) {
+pub(super) fn run(rx: Receiver<Msg>, pending: Arc<Pending>, stats: Arc<ProcessStats>) {
     let mut sink = Sink {
         settings: None,
         out: Out::Closed,
@@ -29,10 +29,13 @@ pub(super) fn run(rx: Receiver<Msg>, stats: Arc<ProcessStats>) {
     // is queued, write it, then sleep one tick instead of blocking, so that under load the
     // workers' sends never have a sleeping receiver to wake (a wake-up per line would cost
     // a context switch per request). Back to blocking after a tick that found nothing.
+    // Control's requests are looked at after every batch.
     while let Ok(first) = rx.recv() {
         sink.handle(first);
         loop {
-            match drain(&rx, &mut sink) {
+            let drained = drain(&rx, &mut sink);
+            sink.serve(&pending);
+            match drained {
                 Drained::Some => {}
                 Drained::None => break,
                 Drained::Closed => {
@@ -46,6 +49,7 @@ pub(super) fn run(rx: Receiver<Msg>, stats: Arc<ProcessStats>) {
         sink.flush();
     }
     // Every sender is gone (the balancer was dropped): write what is left.
+    sink.serve(&pending);
     sink.flush();
 }
 
@@ -61,16 +65,20 @@ enum Drained {
     Closed,
 }
 
-/// Handle every message queued now.
+/// Handle the messages queued now, at most a queue's worth (so that under a constant
+/// stream control's requests are still looked at).
 fn drain(rx: &Receiver<Msg>, sink: &mut Sink) -> Drained {
-    let mut any = false;
+    let mut handled = 0;
     loop {
         match rx.try_recv() {
             Ok(msg) => {
                 sink.handle(msg);
-                any = true;
+                handled += 1;
+                if handled >= CAPACITY {
+                    return Drained::Some;
+                }
             }
-            Err(TryRecvError::Empty) if any => return Drained::Some,
+            Err(TryRecvError::Empty) if handled > 0 => return Drained::Some,
             Err(TryRecvError::Empty) => return Drained::None,
             Err(TryRecvError::Disconnected) => return Drained::Closed,
         }
@@ -101,35 +109,42 @@ struct Sink {
 
 impl Sink {
     fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Line(entry) => {
-                let Some(settings) = &self.settings else {
-                    return;
-                };
-                match settings.format {
-                    AccessFormat::Off => return,
-                    AccessFormat::Json => self.fmt.json(&mut self.buf, &entry, settings.query),
-                    AccessFormat::Combined => {
-                        self.fmt.combined(&mut self.buf, &entry, settings.query)
-                    }
-                }
-                self.lines += 1;
-                let oldest = *self.oldest.get_or_insert_with(Instant::now);
-                if self.buf.len() >= FLUSH_BYTES || oldest.elapsed() >= FLUSH_EVERY {
-                    self.flush();
-                }
-            }
-            Msg::Configure(settings) => {
-                self.flush();
-                self.settings = Some(settings);
-                self.open();
-            }
-            Msg::Reopen => {
-                self.flush();
-                self.open();
-            }
-            Msg::Flush(done) => {
-                self.flush();
+        let Msg::Line(entry) = msg else {
+            // `Wake`: the requests are looked at after this batch.
+            return;
+        };
+        let Some(settings) = &self.settings else {
+            return;
+        };
+        match settings.format {
+            AccessFormat::Off => return,
+            AccessFormat::Json => self.fmt.json(&mut self.buf, &entry, settings.query),
+            AccessFormat::Combined => self.fmt.combined(&mut self.buf, &entry, settings.query),
+        }
+        self.lines += 1;
+        let oldest = *self.oldest.get_or_insert_with(Instant::now);
+        if self.buf.len() >= FLUSH_BYTES || oldest.elapsed() >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    /// Carry out control's requests: new settings or a reopen (after writing what is
+    /// buffered to the old file), then answer the flushes.
+    fn serve(&mut self, pending: &Pending) {
+        let Some(r) = pending.take() else {
+            return;
+        };
+        if let Some(settings) = r.settings {
+            self.flush();
+            self.settings = Some(settings);
+            self.open();
+        } else if r.reopen {
+            self.flush();
+            self.open();
+        }
+        if !r.flushed.is_empty() {
+            self.flush();
+            for done in r.flushed {
                 let _ = done.send(());
             }
         }

@@ -314,6 +314,9 @@ impl ControlState {
             "reloaded"
         );
 
+        // Reopens the access log (every reload does, logrotate's convention). Before the
+        // swap, so that once the new table turns the log on its thread exists.
+        self.access.configure(access_log::Settings::of(&config.log));
         let new = Arc::new(new);
         let drain_timeout = new.proxy().drain_timeout;
         self.table.store(new);
@@ -333,8 +336,6 @@ impl ControlState {
         inner.last_error = None;
         self.sync_health(&mut inner);
         self.process.count_reload(true);
-        // logrotate's convention: every reload reopens the access log.
-        self.access.configure(access_log::Settings::of(&config.log));
         summary
     }
 
