@@ -24,6 +24,7 @@ pub(super) fn run(rx: Receiver<Msg>, pending: Arc<Pending>, stats: Arc<ProcessSt
         oldest: None,
         failing: false,
         stats,
+        pending,
     };
     // Idle: block until a message comes (its sender wakes this thread). Busy: take what
     // is queued, write it, then sleep one tick instead of blocking, so that under load the
@@ -34,7 +35,7 @@ pub(super) fn run(rx: Receiver<Msg>, pending: Arc<Pending>, stats: Arc<ProcessSt
         sink.handle(first);
         loop {
             let drained = drain(&rx, &mut sink);
-            sink.serve(&pending);
+            sink.serve();
             match drained {
                 Drained::Some => {}
                 Drained::None => break,
@@ -49,7 +50,7 @@ pub(super) fn run(rx: Receiver<Msg>, pending: Arc<Pending>, stats: Arc<ProcessSt
         sink.flush();
     }
     // Every sender is gone (the balancer was dropped): write what is left.
-    sink.serve(&pending);
+    sink.serve();
     sink.flush();
 }
 
@@ -105,12 +106,16 @@ struct Sink {
     /// An open or write failed and was logged; logged again only after a success.
     failing: bool,
     stats: Arc<ProcessStats>,
+    /// Control's requests.
+    pending: Arc<Pending>,
 }
 
 impl Sink {
     fn handle(&mut self, msg: Msg) {
         let Msg::Line(entry) = msg else {
-            // `Wake`: the requests are looked at after this batch.
+            // `Wake`, sent right after a request: serve it now, so lines queued after it
+            // (a reload's new settings, then the new table's lines) follow it.
+            self.serve();
             return;
         };
         let Some(settings) = &self.settings else {
@@ -130,8 +135,8 @@ impl Sink {
 
     /// Carry out control's requests: new settings or a reopen (after writing what is
     /// buffered to the old file), then answer the flushes.
-    fn serve(&mut self, pending: &Pending) {
-        let Some(r) = pending.take() else {
+    fn serve(&mut self) {
+        let Some(r) = self.pending.take() else {
             return;
         };
         if let Some(settings) = r.settings {
