@@ -1,9 +1,11 @@
 //! A clone's idle upstream HTTP/1.1 connections, kept alive for the next request.
 //!
 //! Lives inside the clone's `BackendState`, so it carries over on reload, is cleared when
-//! the clone drains and is dropped with it. Requests to different clones never share a
-//! lock; for one clone the critical section is a push, or a look from the newest end for a
-//! connection that is ready (almost always the first one looked at), or a pop.
+//! the clone drains and is dropped with it. One shard per worker thread: a worker reuses
+//! only the connections it opened (whose tasks run on it), so no exchange crosses threads
+//! and workers never share a lock. Within a shard the critical section is a push, or a
+//! look from the newest end for a connection that is ready (almost always the first one
+//! looked at), or a pop.
 //!
 //! A connection is kept only when its previous response body was read to the end without
 //! error (see `ResponseBody`); one that saw an error is dropped, which closes it. Last in,
@@ -12,36 +14,88 @@
 //!
 //! Owns: idle connections. Must not touch: the clone's flags and counters, the request.
 
-use std::sync::{Mutex, PoisonError};
+use std::cell::Cell;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use hyper::client::conn::http1::SendRequest;
 
 use crate::upstream_body::UpstreamBody;
 
-/// Idle connections kept per clone. Sized for peak concurrency of a busy balancer; a
-/// connection above it is closed rather than pooled.
+/// Idle connections kept per clone (split evenly between the shards, at least
+/// [`MIN_PER_SHARD`] each). Sized for peak concurrency of a busy balancer; a connection
+/// above it is closed rather than pooled.
 pub const MAX_IDLE_PER_CLONE: usize = 1024;
+const MIN_PER_SHARD: usize = 64;
+/// Shards per clone at most (workers beyond it share shards, which stays correct).
+const MAX_SHARDS: usize = 16;
 
 pub type Sender = SendRequest<UpstreamBody>;
 
-#[derive(Debug, Default)]
+thread_local! {
+    /// The shard this thread takes from and returns to: its worker number (0 for any
+    /// other thread).
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Called once by each worker thread before it serves: its connections go to, and come
+/// from, shard `worker`.
+pub fn set_worker(worker: usize) {
+    SHARD.with(|s| s.set(worker));
+}
+
+/// Shards per clone: one per core (up to [`MAX_SHARDS`]).
+fn shard_count() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_SHARDS)
+    })
+}
+
+/// A clone's idle connections, one shard per worker thread. A connection's task runs on
+/// the worker that opened it, so a request on another worker would cross threads twice
+/// per exchange (its request sent to that task, the answer woken back): each worker reuses
+/// only its own connections, as nginx's per-worker keep-alive pools do.
+#[derive(Debug)]
 pub struct IdleConns {
-    idle: Mutex<Vec<Sender>>,
+    /// Never empty (at least one shard).
+    shards: Box<[Mutex<Vec<Sender>>]>,
+    per_shard: usize,
+}
+
+impl Default for IdleConns {
+    fn default() -> Self {
+        let n = shard_count();
+        IdleConns {
+            shards: (0..n).map(|_| Mutex::default()).collect(),
+            per_shard: (MAX_IDLE_PER_CLONE / n).max(MIN_PER_SHARD),
+        }
+    }
 }
 
 impl IdleConns {
+    /// This thread's shard, locked.
+    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Sender>> {
+        let i = SHARD.with(Cell::get) % self.shards.len();
+        // `i < len`: `shards` is never empty and `i` is taken modulo its length.
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The most recently returned idle connection that is ready for a request now.
     /// (One put back at the end of a body may still be finishing its bookkeeping; a
     /// request taking it would wait a scheduling round.)
     pub fn take_ready(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.mine();
         let i = idle.iter().rposition(|s| s.is_ready())?;
         Some(idle.swap_remove(i))
     }
 
     /// Any open idle connection, most recently returned first; callers wait on `ready()`.
     pub fn take(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.mine();
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
                 return Some(s);
@@ -56,16 +110,18 @@ impl IdleConns {
         if closing || sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_PER_CLONE {
+        let mut idle = self.mine();
+        if idle.len() < self.per_shard {
             idle.push(sender);
         }
     }
 
     /// Close every idle connection (dropping a sender closes its connection).
     pub fn clear(&self) {
-        let drained: Vec<Sender> =
-            std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
-        drop(drained);
+        for shard in self.shards.iter() {
+            let drained: Vec<Sender> =
+                std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
+            drop(drained);
+        }
     }
 }

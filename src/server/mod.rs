@@ -265,7 +265,10 @@ pub fn start(
         let slots = Arc::clone(&slots);
         let handle = std::thread::Builder::new()
             .name(format!("clonelb-worker-{i}"))
-            .spawn(move || worker(addrs, shared, signal, slots, tx))
+            .spawn(move || {
+                crate::idle::set_worker(i);
+                worker(addrs, shared, signal, slots, tx)
+            })
             .map_err(StartError::Thread)?;
         workers.threads.push(handle);
         match rx.recv() {
