@@ -114,7 +114,7 @@ wait_port() {  # wait_port PORT: until something accepts on 127.0.0.1:PORT (max 
 
 BASELINE_PORTS=""
 [[ -n $BASELINE ]] && BASELINE_PORTS="18033 18034 18433 18434"
-for port in 9001 9002 9003 18001 18011 18031 18032 18401 18411 18431 $BASELINE_PORTS; do
+for port in 9001 9002 9003 9009 18001 18011 18031 18032 18401 18411 18431 $BASELINE_PORTS; do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use; stop what uses it first"
 done
 
@@ -154,6 +154,27 @@ else
 fi
 for p in 9001 9002 9003; do wait_port $p; done
 PORT[direct]=9001; ROOTPID[direct]=${PIDS[0]}
+
+# New upstream connections: the nginx backends' stub_status (127.0.0.1:9009) counts the
+# connections they accept; read before and after a measured run, the difference less the
+# second read's own connection is what the target opened to the backends during the run.
+backend_accepts() {  # connections the nginx backends have accepted so far, this read's included
+  local out
+  out=$( { exec 3<>/dev/tcp/127.0.0.1/9009 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 \
+    && timeout 5 cat <&3; } 2>/dev/null )
+  awk 'f { print $1; exit } /^server accepts/ { f = 1 }' <<<"$out"
+}
+up_conns() {  # up_conns BEFORE AFTER: connections accepted in between ("" without stub_status)
+  [[ -n $1 && -n $2 ]] && echo $(($2 - $1 - 1))
+}
+HAVE_STATUS=0
+if [[ $BACKEND_DESC = nginx* ]]; then
+  wait_port 9009
+  a=$(backend_accepts); b=$(backend_accepts)
+  if [[ -n $a && $(up_conns "$a" "$b") = 0 ]]; then HAVE_STATUS=1
+  else echo "e2e.sh: the backends' stub_status does not answer; no upstream connection counts" >&2; fi
+fi
+accepts() { [[ $HAVE_STATUS = 1 ]] && backend_accepts; }
 
 # ------------------------------------------------------------------ targets
 clonelb_config() {  # clonelb_config BIN NAME STRATEGY PORT H2PORT [ACCESS_LOG] -> $RUN/NAME.toml
@@ -276,29 +297,33 @@ to_us() {  # wrk latency ("812.00us", "1.20ms", "2.01s") -> microseconds
 }
 
 RESULTS=$RUN/results.csv
-echo "kind,conns,target,round,rps,p50_us,p99_us,us_per_req,errors" > "$RESULTS"
+echo "kind,conns,target,round,rps,p50_us,p99_us,us_per_req,errors,up_conns" > "$RESULTS"
 
 # ------------------------------------------------------------------ HTTP/1.1 rounds
+run_h1() {  # run_h1 KIND CONNS ROUND TARGET: a 1 s warm-up, then one measured wrk run
+  local kind=$1 c=$2 r=$3 t=$4 url="http://127.0.0.1:${PORT[$4]}/"
+  local out t0 t1 a0 a1 req rps p50 p99 errs us up
+  [[ $t = clonelb-log ]] && : > "$RUN/access.log"   # keep /tmp small; O_APPEND goes on
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d1s "$url" >/dev/null 2>&1   # warm-up
+  a0=$(accepts); t0=$(tree_ticks "${ROOTPID[$t]}")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "$url" 2>&1)
+  t1=$(tree_ticks "${ROOTPID[$t]}"); a1=$(accepts)
+  req=$(awk '/requests in/{print $1}' <<<"$out")
+  rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
+  p50=$(to_us "$(awk '$1=="50%"{print $2}' <<<"$out")")
+  p99=$(to_us "$(awk '$1=="99%"{print $2}' <<<"$out")")
+  errs=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
+  us=$(awk -v a="$t0" -v b="$t1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
+  up=$(up_conns "$a0" "$a1")
+  echo "$kind,$c,$t,$r,$rps,$p50,$p99,$us,$errs,$up" >> "$RESULTS"
+  printf '  c=%-4s round %s %-11s %10s req/s  p99 %8sus  %6s us/req  %5s new upstream conns\n' \
+    "$c" "$r" "$t" "$rps" "$p99" "$us" "${up:-n/a}" >&2
+}
 echo "HTTP/1.1: ${#ACTIVE[@]} targets x $ROUNDS rounds x ${DURATION}s at c=$CONNS" >&2
 for c in $CONNS; do
   for r in $(seq "$ROUNDS"); do
     # interleave, rotating the starting target each round
-    for t in $(round_order "$r" 1); do
-      url="http://127.0.0.1:${PORT[$t]}/"
-      [[ $t = clonelb-log ]] && : > "$RUN/access.log"   # keep /tmp small; O_APPEND goes on
-      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d1s "$url" >/dev/null 2>&1   # warm-up
-      t0=$(tree_ticks "${ROOTPID[$t]}")
-      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "$url" 2>&1)
-      t1=$(tree_ticks "${ROOTPID[$t]}")
-      req=$(awk '/requests in/{print $1}' <<<"$out")
-      rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
-      p50=$(to_us "$(awk '$1=="50%"{print $2}' <<<"$out")")
-      p99=$(to_us "$(awk '$1=="99%"{print $2}' <<<"$out")")
-      errs=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
-      us=$(awk -v a="$t0" -v b="$t1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
-      echo "h1,$c,$t,$r,$rps,$p50,$p99,$us,$errs" >> "$RESULTS"
-      printf '  c=%-4s round %s %-11s %10s req/s  p99 %8sus  %6s us/req\n' "$c" "$r" "$t" "$rps" "$p99" "$us" >&2
-    done
+    for t in $(round_order "$r" 1); do run_h1 h1 "$c" "$r" "$t"; done
   done
 done
 
@@ -309,14 +334,15 @@ if [[ $HAVE_TLS = 1 ]]; then
     for t in $(round_order "$r" 0); do
       [[ -n ${H2PORT[$t]:-} ]] || continue
       [[ $t = clonelb-log ]] && : > "$RUN/access.log"
-      t0=$(tree_ticks "${ROOTPID[$t]}")
+      a0=$(accepts); t0=$(tree_ticks "${ROOTPID[$t]}")
       out=$(taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D "$DURATION" "https://127.0.0.1:${H2PORT[$t]}/" 2>&1)
-      t1=$(tree_ticks "${ROOTPID[$t]}")
+      t1=$(tree_ticks "${ROOTPID[$t]}"); a1=$(accepts)
       rps=$(awk '/^finished in/{print $4}' <<<"$out")
       req=$(awk '/^requests:/{print $8}' <<<"$out")
       us=$(awk -v a="$t0" -v b="$t1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
-      echo "h2,64,$t,$r,$rps,,,$us,0" >> "$RESULTS"
-      printf '  h2 round %s %-11s %10s req/s  %6s us/req\n' "$r" "$t" "$rps" "$us" >&2
+      up=$(up_conns "$a0" "$a1")
+      echo "h2,64,$t,$r,$rps,,,$us,0,$up" >> "$RESULTS"
+      printf '  h2 round %s %-11s %10s req/s  %6s us/req  %5s new upstream conns\n' "$r" "$t" "$rps" "$us" "${up:-n/a}" >&2
     done
   done
 fi
@@ -395,18 +421,21 @@ for kind in ("h1", "h2"):
         cur = [r for r in sel if int(r["conns"]) == c]
         targets = list(dict.fromkeys(r["target"] for r in cur))
         m = {t: {k: med([r[k] for r in cur if r["target"] == t])
-                 for k in ("rps", "p50_us", "p99_us", "us_per_req", "errors")} for t in targets}
+                 for k in ("rps", "p50_us", "p99_us", "us_per_req", "errors", "up_conns")}
+             for t in targets}
         ha = m.get("haproxy", {})
         title = "HTTP/1.1 keep-alive (wrk)" if kind == "h1" else "HTTP/2 over TLS (h2load -m10)"
         print(f"### {title}, {c} connections\n")
-        print("| target | req/s | p50 | p99 | CPU µs/req | req/s × HAProxy | p99 × HAProxy | µs/req × HAProxy | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| target | req/s | p50 | p99 | CPU µs/req | req/s × HAProxy | p99 × HAProxy | "
+              "µs/req × HAProxy | new upstream conns | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             v = m[t]
             print(f"| {t} | {fmt(v['rps'])} | {fmt(v['p50_us'])} µs | {fmt(v['p99_us'])} µs | "
                   f"{fmt(v['us_per_req'], 2)} | {ratio(v['rps'], ha.get('rps', float('nan')))} | "
                   f"{ratio(v['p99_us'], ha.get('p99_us', float('nan')))} | "
-                  f"{ratio(v['us_per_req'], ha.get('us_per_req', float('nan')))} | {fmt(v['errors'])} |")
+                  f"{ratio(v['us_per_req'], ha.get('us_per_req', float('nan')))} | "
+                  f"{fmt(v['up_conns'])} | {fmt(v['errors'])} |")
         if "clonelb-rr" in m and "clonelb-lc" in m:
             pairs = {}
             for r in cur:
