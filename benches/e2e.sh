@@ -49,6 +49,7 @@ CONNS="64 256"
 IDLE=10000
 SOAK=0
 DO_H2=1
+DO_H2C=1
 LB_CPU=${LB_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 TARGETS="direct clonelb-rr clonelb-lc haproxy nginx"
@@ -62,7 +63,8 @@ while [[ $# -gt 0 ]]; do
     --conns) CONNS=$2; shift 2;;
     --idle) IDLE=$2; shift 2;;
     --soak) SOAK=$2; shift 2;;
-    --no-h2) DO_H2=0; shift;;
+    --no-h2) DO_H2=0; DO_H2C=0; shift;;
+    --no-h2c) DO_H2C=0; shift;;
     --targets) TARGETS=$2; shift 2;;
     --clonelb) CLONELB=$2; shift 2;;
     --baseline) BASELINE=$2; shift 2;;
@@ -114,7 +116,7 @@ wait_port() {  # wait_port PORT: until something accepts on 127.0.0.1:PORT (max 
 
 BASELINE_PORTS=""
 [[ -n $BASELINE ]] && BASELINE_PORTS="18033 18034 18433 18434"
-for port in 9001 9002 9003 9009 18001 18011 18031 18032 18401 18411 18431 $BASELINE_PORTS; do
+for port in 9001 9002 9003 9009 18001 18011 18201 18211 18031 18032 18401 18411 18431 $BASELINE_PORTS; do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use; stop what uses it first"
 done
 
@@ -139,7 +141,8 @@ if [[ $DO_H2 = 1 ]] && command -v openssl >/dev/null && command -v h2load >/dev/
 fi
 
 # ------------------------------------------------------------------ backends
-declare -A PORT H2PORT ROOTPID
+declare -A PORT H2PORT H2CPORT ROOTPID
+NGINX_VERSION=$(nginx -v 2>&1 | sed -n 's#.*nginx/\([0-9.]*\).*#\1#p')
 if command -v nginx >/dev/null; then
   render backends.nginx.conf
   taskset -c "$LOAD_CPU" nginx -e "$RUN/backends.startup.log" -p "$RUN/" -c "$RUN/backends.nginx.conf" &
@@ -211,21 +214,28 @@ start_target() {  # start_target NAME
       local conf=${1%%-*}-$strategy   # clonelb-round-robin, baseline-least-connections, ...
       [[ $1 = clonelb-log ]] && { port=18035; h2=18435; conf=clonelb-log; log=$RUN/access.log; }
       if clonelb_config "$bin" "$conf" $strategy $port $h2 $log; then H2PORT[$1]=$h2; fi
+      H2CPORT[$1]=$port   # the plain listener takes HTTP/2 by prior knowledge too
       CLONELB_LOG=warn taskset -c "$LB_CPU" "$bin" run --config "$RUN/$conf.toml" \
         2>"$RUN/$1.log" &
       started $!; ROOTPID[$1]=$!; PORT[$1]=$port;;
     haproxy)
       command -v haproxy >/dev/null || return 1
       render haproxy.cfg
-      [[ $HAVE_TLS = 1 ]] || sed -i '/^frontend fe_h2/,/default_backend/d' "$RUN/haproxy.cfg"
+      [[ $HAVE_TLS = 1 ]] || sed -i '/^frontend fe_h2$/,/default_backend/d' "$RUN/haproxy.cfg"
       taskset -c "$LB_CPU" haproxy -db -f "$RUN/haproxy.cfg" 2>"$RUN/haproxy.log" &
-      started $!; ROOTPID[$1]=$!; PORT[$1]=18001; [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18401;;
+      started $!; ROOTPID[$1]=$!; PORT[$1]=18001; H2CPORT[$1]=18201
+      [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18401;;
     nginx)
       command -v nginx >/dev/null || return 1
       render nginx.conf
       [[ $HAVE_TLS = 1 ]] || sed -i '/18411/d; /ssl_certificate/d' "$RUN/nginx.conf"
+      # nginx >= 1.25.1 turns HTTP/2 on with "http2 on;" ("listen ... http2" is deprecated)
+      if [[ $(printf '%s\n' 1.25.1 "$NGINX_VERSION" | sort -V | head -1) = 1.25.1 ]]; then
+        sed -i 's/^\( *listen [^ ]*\) ssl http2 /\1 ssl /; s/^\( *listen 127.0.0.1:18211\) http2 \(.*\);/\1 \2; http2 on;/' "$RUN/nginx.conf"
+      fi
       taskset -c "$LB_CPU" nginx -e "$RUN/nginx-lb.startup.log" -p "$RUN/" -c "$RUN/nginx.conf" &
-      started $!; ROOTPID[$1]=$!; PORT[$1]=18011; [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18411;;
+      started $!; ROOTPID[$1]=$!; PORT[$1]=18011; H2CPORT[$1]=18211
+      [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18411;;
     direct) return 0;;
   esac
   wait_port "${PORT[$1]}"
@@ -327,22 +337,44 @@ for c in $CONNS; do
   done
 done
 
-# ------------------------------------------------------------------ h2 over TLS
+# ------------------------------------------------------------------ h2 over TLS, h2c
+run_h2() {  # run_h2 KIND ROUND TARGET URL: a 1 s warm-up, then one measured h2load run
+  local kind=$1 r=$2 t=$3 url=$4 out t0 t1 a0 a1 rps req errs us up
+  [[ $t = clonelb-log ]] && : > "$RUN/access.log"
+  taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D 1 "$url" >/dev/null 2>&1   # warm-up
+  a0=$(accepts); t0=$(tree_ticks "${ROOTPID[$t]}")
+  out=$(taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D "$DURATION" "$url" 2>&1)
+  t1=$(tree_ticks "${ROOTPID[$t]}"); a1=$(accepts)
+  rps=$(awk '/^finished in/{print $4}' <<<"$out")
+  # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+  req=$(awk '/^requests:/{print $8}' <<<"$out")
+  errs=$(awk '/^requests:/{print $10 + 0}' <<<"$out")
+  us=$(awk -v a="$t0" -v b="$t1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
+  up=$(up_conns "$a0" "$a1")
+  echo "$kind,64,$t,$r,$rps,,,$us,${errs:-0},$up" >> "$RESULTS"
+  printf '  %-3s round %s %-11s %10s req/s  %6s us/req  %5s new upstream conns\n' \
+    "$kind" "$r" "$t" "$rps" "$us" "${up:-n/a}" >&2
+}
 if [[ $HAVE_TLS = 1 ]]; then
   echo "h2 over TLS (h2load -c64 -m10):" >&2
   for r in $(seq "$ROUNDS"); do
     for t in $(round_order "$r" 0); do
-      [[ -n ${H2PORT[$t]:-} ]] || continue
-      [[ $t = clonelb-log ]] && : > "$RUN/access.log"
-      a0=$(accepts); t0=$(tree_ticks "${ROOTPID[$t]}")
-      out=$(taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D "$DURATION" "https://127.0.0.1:${H2PORT[$t]}/" 2>&1)
-      t1=$(tree_ticks "${ROOTPID[$t]}"); a1=$(accepts)
-      rps=$(awk '/^finished in/{print $4}' <<<"$out")
-      req=$(awk '/^requests:/{print $8}' <<<"$out")
-      us=$(awk -v a="$t0" -v b="$t1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
-      up=$(up_conns "$a0" "$a1")
-      echo "h2,64,$t,$r,$rps,,,$us,0,$up" >> "$RESULTS"
-      printf '  h2 round %s %-11s %10s req/s  %6s us/req  %5s new upstream conns\n' "$r" "$t" "$rps" "$us" "${up:-n/a}" >&2
+      [[ -n ${H2PORT[$t]:-} ]] && run_h2 h2 "$r" "$t" "https://127.0.0.1:${H2PORT[$t]}/"
+    done
+  done
+fi
+if [[ $DO_H2C = 1 ]] && command -v h2load >/dev/null; then
+  # a target joins if one request by prior knowledge succeeds (an older build may lack h2c)
+  for t in "${ACTIVE[@]}"; do
+    [[ -n ${H2CPORT[$t]:-} ]] || continue
+    ok=$(timeout 10 taskset -c "$LOAD_CPU" h2load -t1 -c1 -n1 "http://127.0.0.1:${H2CPORT[$t]}/" 2>&1 \
+      | awk '/^requests:/{print $8}')
+    [[ $ok = 1 ]] || { echo "  $t does not answer h2c on ${H2CPORT[$t]}; left out of the h2c step" >&2; unset "H2CPORT[$t]"; }
+  done
+  echo "h2c, HTTP/2 by prior knowledge (h2load -c64 -m10):" >&2
+  for r in $(seq "$ROUNDS"); do
+    for t in $(round_order "$r" 0); do
+      [[ -n ${H2CPORT[$t]:-} ]] && run_h2 h2c "$r" "$t" "http://127.0.0.1:${H2CPORT[$t]}/"
     done
   done
 fi
@@ -413,7 +445,10 @@ def paired(cur, new, old, key):
             if a == a and b == b and b != 0:
                 out.append(a / b)
     return out
-for kind in ("h1", "h2"):
+TITLES = {"h1": "HTTP/1.1 keep-alive (wrk)",
+          "h2": "HTTP/2 over TLS (h2load -m10)",
+          "h2c": "HTTP/2 cleartext (h2c, h2load -m10)"}
+for kind in TITLES:
     sel = [r for r in rows if r["kind"] == kind]
     if not sel:
         continue
@@ -424,18 +459,23 @@ for kind in ("h1", "h2"):
                  for k in ("rps", "p50_us", "p99_us", "us_per_req", "errors", "up_conns")}
              for t in targets}
         ha = m.get("haproxy", {})
-        title = "HTTP/1.1 keep-alive (wrk)" if kind == "h1" else "HTTP/2 over TLS (h2load -m10)"
-        print(f"### {title}, {c} connections\n")
-        print("| target | req/s | p50 | p99 | CPU µs/req | req/s × HAProxy | p99 × HAProxy | "
-              "µs/req × HAProxy | new upstream conns | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        h1 = kind.startswith("h1")
+        print(f"### {TITLES[kind]}, {c} connections\n")
+        # h2load gives no percentiles: the h2 tables have no latency columns
+        print("| target | req/s | " + ("p50 | p99 | " if h1 else "") + "CPU µs/req | req/s × HAProxy | "
+              + ("p99 × HAProxy | " if h1 else "") + "µs/req × HAProxy | new upstream conns | errors |")
+        print("|---|---:|" + ("---:|" * 8 if h1 else "---:|" * 5))
         for t in targets:
             v = m[t]
-            print(f"| {t} | {fmt(v['rps'])} | {fmt(v['p50_us'])} µs | {fmt(v['p99_us'])} µs | "
-                  f"{fmt(v['us_per_req'], 2)} | {ratio(v['rps'], ha.get('rps', float('nan')))} | "
-                  f"{ratio(v['p99_us'], ha.get('p99_us', float('nan')))} | "
-                  f"{ratio(v['us_per_req'], ha.get('us_per_req', float('nan')))} | "
-                  f"{fmt(v['up_conns'])} | {fmt(v['errors'])} |")
+            cells = [t, fmt(v["rps"])]
+            if h1:
+                cells += [f"{fmt(v['p50_us'])} µs", f"{fmt(v['p99_us'])} µs"]
+            cells += [fmt(v["us_per_req"], 2), ratio(v["rps"], ha.get("rps", float("nan")))]
+            if h1:
+                cells.append(ratio(v["p99_us"], ha.get("p99_us", float("nan"))))
+            cells += [ratio(v["us_per_req"], ha.get("us_per_req", float("nan"))),
+                      fmt(v["up_conns"]), fmt(v["errors"])]
+            print("| " + " | ".join(cells) + " |")
         if "clonelb-rr" in m and "clonelb-lc" in m:
             pairs = {}
             for r in cur:
@@ -463,7 +503,7 @@ for kind in ("h1", "h2"):
             spread = f"{min(cpu):.2f}-{max(cpu):.2f}" if cpu else "n/a"
             line = (f"{new} vs {old}: CPU µs/req {fmt(m[new]['us_per_req'], 2)} vs "
                     f"{fmt(m[old]['us_per_req'], 2)} ({mr(cpu)}), req/s {mr(rps)}")
-            if kind == "h1":
+            if h1:
                 line += f", p99 {mr(p99)}"
             n = len(cpu)
             print(f"{line}  [{n} paired round{'' if n == 1 else 's'}, CPU ratio range {spread}]  ")
