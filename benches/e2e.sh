@@ -5,13 +5,25 @@
 # process this script starts is stopped, by PID, when it exits.
 #
 #   apt-get install -y wrk haproxy nginx nghttp2-client    # haproxy/nginx/h2load optional
-#   benches/e2e.sh                    # 5 interleaved rounds x 5 s at 64 and 256 connections
-#   benches/e2e.sh --quick            # 1 round x 3 s at 64 connections, smaller idle test
+#   benches/e2e.sh                    # 5 interleaved rounds x 5 s at 64 and 256 connections,
+#                                     # then the same with two workers per balancer
+#   benches/e2e.sh --quick            # 1 round x 3 s at 64 connections, smaller idle test,
+#                                     # no two-worker step
 #   benches/e2e.sh --clonelb target/release/clonelb --baseline /path/to/old/clonelb
 #                                     # before/after CPU per request from paired rounds
 #
 # Options: --rounds N, --duration S, --conns "64 256", --idle N (0: no idle test), --soak S,
-# --no-h2, --quick, --targets "direct clonelb-rr clonelb-lc haproxy nginx" (the default).
+# --no-h2 (neither h2 over TLS nor h2c), --no-h2c, --quick, --workers2 / --no-workers2,
+# --targets "direct clonelb-rr clonelb-lc haproxy nginx" (the default).
+#   --workers2      (on by default, off with --quick) after everything else, the HTTP/1.1
+#                   rounds again with every balancer on BOTH CPUs, unpinned: each one-worker
+#                   instance is stopped and started again under taskset -c $LB_CPU,$LOAD_CPU,
+#                   so clonelb runs one worker per CPU (2), HAProxy with nbthread 2
+#                   ($RUN/haproxy-w2.cfg), nginx with worker_processes 2 ($RUN/nginx-w2.conf).
+#                   wrk and the backends stay pinned to $LOAD_CPU, so on 2 cores the balancer
+#                   then shares a CPU with the load: that is the point of the comparison. The
+#                   tables "..., two workers" have the same columns; direct is not rerun.
+#                   --no-workers2 skips the step.
 #   clonelb-log     one more target on request: clonelb-rr with the access log on
 #                   ([log] access = "json" to a file under $RUN, truncated before each run);
 #                   the report adds "clonelb-log vs clonelb-rr" from per-round ratios, e.g.
@@ -22,7 +34,8 @@
 #                   backend, is built).
 #   --baseline BIN  a second clonelb build (e.g. the previous commit) run as one more target,
 #                   "baseline-rr": round-robin, same config and CPU pinning as clonelb-rr, in
-#                   the same interleaved rounds (h1, h2 when clonelb does h2, idle memory). It
+#                   the same interleaved rounds (h1, h2 when clonelb does h2, h2c when it
+#                   answers h2c, idle memory, the two-worker step). It
 #                   is added automatically; "baseline-lc" (least-connections) can be named in
 #                   --targets too, and naming any baseline-* there replaces the automatic
 #                   baseline-rr. Each clonelb-X / baseline-X pair runs back to back in every
@@ -31,14 +44,25 @@
 #                   where the ratios (current / baseline) are medians of per-round ratios.
 #
 # Reports, per target and connection count, the medians over interleaved rounds of req/s,
-# p50, p99 and CPU time per request (user+sys of the target's processes / requests served),
-# with ratios to HAProxy; h2 over TLS req/s (h2load); resident memory per idle keep-alive
-# client connection; and, with --soak S, RSS growth over S seconds of constant load.
+# p50, p99, CPU time per request (user+sys of the target's processes / requests served) and
+# new upstream connections, with ratios to HAProxy; h2 over TLS and h2c (cleartext HTTP/2 by
+# prior knowledge: clonelb's http listener, HAProxy "proto h2" on 18201, nginx "listen
+# 18211 http2") with h2load -c64 -m10: req/s, CPU per request, new upstream connections;
+# resident memory per idle keep-alive client connection; and, with --soak S, RSS growth over
+# S seconds of constant load. Every wrk and h2load run follows a 1 s warm-up.
+#
+# New upstream connections: the nginx backends serve stub_status on 127.0.0.1:9009; its
+# "accepts" counter, read right before and after a measured run (not the warm-up), gives the
+# TCP connections the balancer opened to the backends during that run (for direct: wrk's
+# own, c + 1 as wrk first checks the address). "n/a" with the examples/clone backends.
 #
 # Layout (2 cores): the balancer under test on CPU $LB_CPU (default 1), wrk, h2load, the
 # backends and the idle-connection client on CPU $LOAD_CPU (default 0). clonelb is started
 # under taskset on that one CPU, so it runs one worker, like HAProxy nbthread 1 and nginx
-# worker_processes 1.
+# worker_processes 1. The two-worker step is the exception (see --workers2).
+# Ports: 9001-9003 backends, 9009 their stub_status, 18001/18401/18201 HAProxy h1/h2/h2c,
+# 18011/18411/18211 nginx, 18031/18431 clonelb-rr, 18032/18432 -lc, 18035/18435 clonelb-log,
+# 18033/18433 and 18034/18434 the baseline.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,6 +74,7 @@ IDLE=10000
 SOAK=0
 DO_H2=1
 DO_H2C=1
+WORKERS2=1
 LB_CPU=${LB_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 TARGETS="direct clonelb-rr clonelb-lc haproxy nginx"
@@ -65,10 +90,12 @@ while [[ $# -gt 0 ]]; do
     --soak) SOAK=$2; shift 2;;
     --no-h2) DO_H2=0; DO_H2C=0; shift;;
     --no-h2c) DO_H2C=0; shift;;
+    --workers2) WORKERS2=1; shift;;
+    --no-workers2) WORKERS2=0; shift;;
     --targets) TARGETS=$2; shift 2;;
     --clonelb) CLONELB=$2; shift 2;;
     --baseline) BASELINE=$2; shift 2;;
-    --quick) ROUNDS=1; DURATION=3; CONNS=64; IDLE=2000; shift;;
+    --quick) ROUNDS=1; DURATION=3; CONNS=64; IDLE=2000; WORKERS2=0; shift;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0;;
     *) echo "e2e.sh: unknown option $1" >&2; exit 2;;
   esac
@@ -105,6 +132,17 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 started() { PIDS+=("$1"); }
+stop_pid() {  # stop_pid PID: TERM, KILL after 5 s, reap it and forget it
+  local pid=$1 p keep=()
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 50); do   # a zombie (exited, not yet reaped) counts as gone
+    [[ $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) = [^Z] ]] || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  for p in "${PIDS[@]}"; do [[ $p = "$pid" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
 
 wait_port() {  # wait_port PORT: until something accepts on 127.0.0.1:PORT (max 10 s)
   for _ in $(seq 100); do
@@ -116,7 +154,10 @@ wait_port() {  # wait_port PORT: until something accepts on 127.0.0.1:PORT (max 
 
 BASELINE_PORTS=""
 [[ -n $BASELINE ]] && BASELINE_PORTS="18033 18034 18433 18434"
-for port in 9001 9002 9003 9009 18001 18011 18201 18211 18031 18032 18401 18411 18431 $BASELINE_PORTS; do
+LOG_PORTS=""
+[[ " $TARGETS " = *" clonelb-log "* ]] && LOG_PORTS="18035 18435"
+for port in 9001 9002 9003 9009 18001 18011 18201 18211 18031 18032 18401 18411 18431 18432 \
+    $BASELINE_PORTS $LOG_PORTS; do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use; stop what uses it first"
 done
 
@@ -204,7 +245,10 @@ clonelb_config() {  # clonelb_config BIN NAME STRATEGY PORT H2PORT [ACCESS_LOG] 
   fi
 }
 
+WORKERS=1   # 2 in the two-worker step: balancers on $LB_CPU and $LOAD_CPU, two workers each
+lb_cpus() { if [[ $WORKERS = 2 ]]; then echo "$LB_CPU,$LOAD_CPU"; else echo "$LB_CPU"; fi; }
 start_target() {  # start_target NAME
+  local w=""; [[ $WORKERS = 2 ]] && w=-w2   # the two-worker instances' logs and configs
   case $1 in
     clonelb-rr|clonelb-lc|baseline-rr|baseline-lc|clonelb-log)
       local strategy=round-robin port=18031 h2=18431 bin=$CLONELB log=""
@@ -215,14 +259,19 @@ start_target() {  # start_target NAME
       [[ $1 = clonelb-log ]] && { port=18035; h2=18435; conf=clonelb-log; log=$RUN/access.log; }
       if clonelb_config "$bin" "$conf" $strategy $port $h2 $log; then H2PORT[$1]=$h2; fi
       H2CPORT[$1]=$port   # the plain listener takes HTTP/2 by prior knowledge too
-      CLONELB_LOG=warn taskset -c "$LB_CPU" "$bin" run --config "$RUN/$conf.toml" \
-        2>"$RUN/$1.log" &
+      # one worker per CPU it may run on: 1 under taskset -c $LB_CPU, 2 on both CPUs
+      CLONELB_LOG=warn taskset -c "$(lb_cpus)" "$bin" run --config "$RUN/$conf.toml" \
+        2>"$RUN/$1$w.log" &
       started $!; ROOTPID[$1]=$!; PORT[$1]=$port;;
     haproxy)
       command -v haproxy >/dev/null || return 1
       render haproxy.cfg
       [[ $HAVE_TLS = 1 ]] || sed -i '/^frontend fe_h2$/,/default_backend/d' "$RUN/haproxy.cfg"
-      taskset -c "$LB_CPU" haproxy -db -f "$RUN/haproxy.cfg" 2>"$RUN/haproxy.log" &
+      if [[ $WORKERS = 2 ]]; then
+        sed 's/^\( *nbthread\) 1\b/\1 2/' "$RUN/haproxy.cfg" > "$RUN/haproxy-w2.cfg"
+        grep -q '^ *nbthread 2\b' "$RUN/haproxy-w2.cfg" || die "haproxy.cfg: no 'nbthread 1' to make 2"
+      fi
+      taskset -c "$(lb_cpus)" haproxy -db -f "$RUN/haproxy$w.cfg" 2>"$RUN/haproxy$w.log" &
       started $!; ROOTPID[$1]=$!; PORT[$1]=18001; H2CPORT[$1]=18201
       [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18401;;
     nginx)
@@ -233,7 +282,12 @@ start_target() {  # start_target NAME
       if [[ $(printf '%s\n' 1.25.1 "$NGINX_VERSION" | sort -V | head -1) = 1.25.1 ]]; then
         sed -i 's/^\( *listen [^ ]*\) ssl http2 /\1 ssl /; s/^\( *listen 127.0.0.1:18211\) http2 \(.*\);/\1 \2; http2 on;/' "$RUN/nginx.conf"
       fi
-      taskset -c "$LB_CPU" nginx -e "$RUN/nginx-lb.startup.log" -p "$RUN/" -c "$RUN/nginx.conf" &
+      if [[ $WORKERS = 2 ]]; then
+        sed 's/^worker_processes 1;/worker_processes 2;/; s/nginx-lb\.\(pid\|error\.log\)/nginx-lb-w2.\1/' \
+          "$RUN/nginx.conf" > "$RUN/nginx-w2.conf"
+        grep -q '^worker_processes 2;' "$RUN/nginx-w2.conf" || die "nginx.conf: no 'worker_processes 1;' to make 2"
+      fi
+      taskset -c "$(lb_cpus)" nginx -e "$RUN/nginx-lb$w.startup.log" -p "$RUN/" -c "$RUN/nginx$w.conf" &
       started $!; ROOTPID[$1]=$!; PORT[$1]=18011; H2CPORT[$1]=18211
       [[ $HAVE_TLS = 1 ]] && H2PORT[$1]=18411;;
     direct) return 0;;
@@ -254,16 +308,20 @@ done
 # Interleaving slots: a target alone, or a pair "clonelb-X baseline-X" that always runs back
 # to back (clonelb first in odd rounds, baseline first in even ones). Without --baseline
 # every slot is one target, in ACTIVE's order.
-SLOTS=()
-for t in "${ACTIVE[@]}"; do
-  if [[ $t = clonelb-* && " ${ACTIVE[*]} " = *" baseline-${t#clonelb-} "* ]]; then
-    SLOTS+=("$t baseline-${t#clonelb-}")
-  elif [[ $t = baseline-* && " ${ACTIVE[*]} " = *" clonelb-${t#baseline-} "* ]]; then
-    continue
-  else
-    SLOTS+=("$t")
-  fi
-done
+make_slots() {  # make_slots TARGET...: SLOTS for these targets
+  SLOTS=()
+  local t
+  for t in "$@"; do
+    if [[ $t = clonelb-* && " $* " = *" baseline-${t#clonelb-} "* ]]; then
+      SLOTS+=("$t baseline-${t#clonelb-}")
+    elif [[ $t = baseline-* && " $* " = *" clonelb-${t#baseline-} "* ]]; then
+      continue
+    else
+      SLOTS+=("$t")
+    fi
+  done
+}
+make_slots "${ACTIVE[@]}"
 round_order() {  # round_order ROUND ROTATE: the targets of one round, one per line
   local n=${#SLOTS[@]} i slot a b
   for i in $(seq 0 $((n - 1))); do
@@ -413,6 +471,36 @@ if [[ $SOAK -gt 0 ]]; then
   printf '  RSS after 10 s: %s KiB, after %s s more: %s KiB\n' "$first" "$SOAK" "$last" >&2
 fi
 
+# ------------------------------------------------------------------ two workers
+# The HTTP/1.1 rounds again with every balancer on both CPUs: each one-worker instance is
+# stopped and started again on $LB_CPU,$LOAD_CPU (clonelb: two workers; HAProxy nbthread 2;
+# nginx worker_processes 2), while wrk and the backends stay on $LOAD_CPU.
+if [[ $WORKERS2 = 1 ]]; then
+  W2=()
+  for t in "${ACTIVE[@]}"; do [[ $t = direct ]] || W2+=("$t"); done
+  if [[ ${#W2[@]} -gt 0 ]]; then
+    echo "HTTP/1.1, two workers on CPUs $LB_CPU,$LOAD_CPU: ${#W2[@]} targets x $ROUNDS rounds x ${DURATION}s at c=$CONNS" >&2
+    for t in "${W2[@]}"; do stop_pid "${ROOTPID[$t]}"; done
+    WORKERS=2
+    for t in "${W2[@]}"; do
+      start_target "$t" || die "$t did not start with two workers"
+      pid=${ROOTPID[$t]}
+      case $t in
+        nginx) n=$(($(tree_pids "$pid" | wc -l) - 1)); what="worker processes";;
+        haproxy) n=$(ls "/proc/$pid/task" | wc -l); what=threads;;
+        *) n=$(cat /proc/"$pid"/task/*/comm | grep -c '^clonelb-worker'); what="worker threads";;
+      esac
+      echo "  $t: $n $what, CPUs $(awk '/^Cpus_allowed_list/{print $2}' "/proc/$pid/status")" >&2
+    done
+    make_slots "${W2[@]}"
+    for c in $CONNS; do
+      for r in $(seq "$ROUNDS"); do
+        for t in $(round_order "$r" 1); do run_h1 h1w2 "$c" "$r" "$t"; done
+      done
+    done
+  fi
+fi
+
 # ------------------------------------------------------------------ report
 python3 - "$RESULTS" "$MEM" "$RUN/soak.csv" "$BACKEND_DESC" "$ROUNDS" "$DURATION" \
   "$CLONELB" "$BASELINE" <<'EOF'
@@ -428,7 +516,10 @@ def ratio(a, b):
     return "n/a" if a != a or b != b or b == 0 else f"{a / b:.2f}"
 print(f"\n## clonelb end-to-end benchmark\n")
 print(f"backends: {backends}; medians of {rounds} interleaved rounds of {duration} s; "
-      "balancer on one CPU, load generator and backends on the other; loopback only.\n")
+      "balancer on one CPU (both in the two-worker tables), load generator and backends on "
+      "the other; loopback only. New upstream conns: TCP connections the backends accepted "
+      "during the measured run (not its warm-up), i.e. opened by the balancer; for direct, "
+      "wrk's own (its connections plus one address check).\n")
 if baseline:
     print(f"clonelb-*: {clonelb}\nbaseline-*: {baseline}\n")
 def num(x):
@@ -445,22 +536,28 @@ def paired(cur, new, old, key):
             if a == a and b == b and b != 0:
                 out.append(a / b)
     return out
+ORDER = list(dict.fromkeys(r["target"] for r in rows))   # as in the first table
 TITLES = {"h1": "HTTP/1.1 keep-alive (wrk)",
           "h2": "HTTP/2 over TLS (h2load -m10)",
-          "h2c": "HTTP/2 cleartext (h2c, h2load -m10)"}
+          "h2c": "HTTP/2 cleartext (h2c, h2load -m10)",
+          "h1w2": "HTTP/1.1 keep-alive (wrk), two workers"}
 for kind in TITLES:
     sel = [r for r in rows if r["kind"] == kind]
     if not sel:
         continue
     for c in sorted({int(r["conns"]) for r in sel}):
         cur = [r for r in sel if int(r["conns"]) == c]
-        targets = list(dict.fromkeys(r["target"] for r in cur))
+        targets = sorted(dict.fromkeys(r["target"] for r in cur), key=ORDER.index)
         m = {t: {k: med([r[k] for r in cur if r["target"] == t])
                  for k in ("rps", "p50_us", "p99_us", "us_per_req", "errors", "up_conns")}
              for t in targets}
         ha = m.get("haproxy", {})
         h1 = kind.startswith("h1")
         print(f"### {TITLES[kind]}, {c} connections\n")
+        if kind == "h1w2":
+            print("Every balancer on both CPUs, unpinned, with two workers (clonelb started on both "
+                  "CPUs: one worker per CPU; HAProxy nbthread 2; nginx worker_processes 2), so it "
+                  "shares a CPU with wrk and the backends, which stay pinned.\n")
         # h2load gives no percentiles: the h2 tables have no latency columns
         print("| target | req/s | " + ("p50 | p99 | " if h1 else "") + "CPU µs/req | req/s × HAProxy | "
               + ("p99 × HAProxy | " if h1 else "") + "µs/req × HAProxy | new upstream conns | errors |")
