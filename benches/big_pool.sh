@@ -5,8 +5,8 @@
 # script starts is stopped, by PID, when it exits.
 #
 #   apt-get install -y wrk nginx      # nginx optional (else examples/clone serves)
-#   benches/big_pool.sh               # both parts: 5 runs per size, 3 rounds of 3 x 20 s
-#   benches/big_pool.sh --quick       # 3 runs per size, 1 round of 3 x 5 s
+#   benches/big_pool.sh               # both parts: 5 runs per size, 3 rounds of 4 x 20 s
+#   benches/big_pool.sh --quick       # 3 runs per size, 1 round of 4 x 5 s
 #   benches/big_pool.sh --clonelb target/release/clonelb --no-traffic
 #
 # Options: --runs N (5), --sizes "100 1000 10000", --rounds N (3), --duration S (20),
@@ -37,17 +37,23 @@
 # unmeasured reload brings in the 9,997 (health settings change: checkers restart, the live
 # clones keep their up state). The checks run every 30 s per clone (333 connects per second
 # in all, refused at once); what that costs with no traffic is measured and reported.
-# Then rounds of three wrk -t1 -cC -dS --latency runs, in an order rotated each round:
+# Six reloads with no traffic measure what one costs the balancer in CPU (median: B ms).
+# Then rounds of four wrk -t1 -cC -dS --latency runs, in an order rotated each round:
 #   three      the pool reloaded down to the 3 live clones (the reference);
 #   steady     the 10,000-clone pool, no reload;
 #   reloading  the same while another process rewrites lb.toml every second, alternating
 #              between the 10,000-clone file and the same file plus one dead clone (so every
-#              reload publishes a change), and calls `POST /reload`.
-# Reported: medians over the rounds of req/s, p50, p99, max, errors and CPU per request,
-# per-round ratios (reloading / steady: what reloads cost; steady / three: what the pool's
-# size costs), and the reloads' durations. The balancer is pinned to CPU $LB_CPU (default
-# 1, one worker; its control and admin threads share that CPU), wrk, the backends and the
-# reloading process to CPU $LOAD_CPU (default 0).
+#              reload publishes a change), and calls `POST /reload`;
+#   burn       the control for "reloading": no reload, but a process pinned to the
+#              balancer's CPU burns B ms of CPU every second at the same moments; what any
+#              work of that size beside a saturated worker does to the p99.
+# Reported: medians over the rounds of req/s, p50, p99, max, errors, CPU per request and
+# the CPU other processes of the machine used meanwhile (it is shared: runs where that is
+# not ~0 are noise); per-round ratios (reloading / steady: what reloads cost; burn /
+# steady: what B ms of CPU costs; steady / three: what the pool's size costs); the
+# reloads' durations. The balancer is pinned to CPU $LB_CPU (default 1, one worker; its
+# control and admin threads share that CPU), wrk, the backends and the reloading process
+# to CPU $LOAD_CPU (default 0).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -328,7 +334,7 @@ $(for p in $BACKEND_PORTS; do echo "    server { listen 127.0.0.1:$p backlog=409
 }
 EOF
     taskset -c "$LOAD_CPU" nginx -e "$RUN/backends.startup.log" -p "$RUN/" -c "$RUN/backends.nginx.conf" &
-    started $!
+    started $!; BACKEND_PIDS=$!
     BACKEND_DESC="nginx, 1 worker"
   else
     [[ -x $CLONE ]] || (cd "$ROOT" && cargo build --release --quiet --example clone) || die "cargo build failed"
@@ -336,7 +342,7 @@ EOF
     for p in $BACKEND_PORTS; do
       i=$((i + 1))
       taskset -c "$LOAD_CPU" "$CLONE" --listen "127.0.0.1:$p" --name "live-$i" >/dev/null &
-      started $!
+      started $!; BACKEND_PIDS="${BACKEND_PIDS:-} $!"
     done
     BACKEND_DESC="examples/clone"
   fi
@@ -374,8 +380,20 @@ start_unhealthy = true"
   echo "part 2: first reload, 3 -> $BIG clones (9,997 added, health settings changed): $(use_file a) ms" >&2
   CURRENT=a
 
-  tree_ticks() {  # user+sys clock ticks of a process (all its threads)
-    sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12+$13}'
+  tree_ticks() {  # user+sys clock ticks of processes (all their threads) and their children
+    local t=0 p c
+    for p in "$@"; do
+      t=$((t + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12+$13}' || echo 0)))
+      for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do t=$((t + $(tree_ticks "$c"))); done
+    done
+    echo $t
+  }
+  # The machine is shared: each run also reports how much CPU *other* processes used
+  # meanwhile (all CPUs' busy time minus the balancer's, the backends' and what this
+  # script's finished children, wrk and the reloader, used), in % of one CPU.
+  busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+  children_ticks() {  # FILE: the children's line of bash's `times`, in clock ticks
+    awk -v hz="$(getconf CLK_TCK)" 'NR==2 { t=0; for (i=1;i<=2;i++) { split($i, a, /[ms]/); t+=a[1]*60+a[2] } printf "%d", t*hz }' "$1"
   }
   TICK_US=$((1000000 / $(getconf CLK_TCK)))
   to_us() {  # wrk latency ("812.00us", "1.20ms", "2.01s") -> microseconds
@@ -417,16 +435,45 @@ with open(log, "a") as out:
 EOF
   }
 
+  # burner DURATION MS: the control for "reloading": another process on the balancer's CPU
+  # burns MS ms of CPU every second, at the same moments as the reloads.
+  burner() {
+    exec taskset -c "$LB_CPU" python3 - "$1" "$2" <<'EOF'
+import sys, time
+duration, ms = float(sys.argv[1]), float(sys.argv[2])
+start = time.perf_counter()
+i = 0
+while start + i + 0.5 <= start + duration - 0.5:
+    time.sleep(max(0.0, start + i + 0.5 - time.perf_counter()))
+    c = time.process_time()
+    while time.process_time() - c < ms / 1000:
+        pass
+    i += 1
+EOF
+  }
+
+  # What one reload of the big file costs the balancer in CPU (all threads, schedstat ns),
+  # with no traffic: the burner burns as much.
+  lb_cpu_ns() { cat /proc/"$LB_PID"/task/*/schedstat 2>/dev/null | awk '{t+=$1} END{printf "%d", t}'; }
+  costs=()
+  for f in b a b a b a; do
+    n0=$(lb_cpu_ns); use_file $f >/dev/null; n1=$(lb_cpu_ns)
+    costs+=($(( (n1 - n0) / 1000000 )))
+    sleep 0.3
+  done
+  BURN_MS=$(printf '%s\n' "${costs[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+  echo "  one reload of the $BIG-clone file, no traffic: ${costs[*]} ms of CPU (median $BURN_MS)" >&2
+
   RESULTS=$T/results.csv
-  echo "round,mode,rps,p50_us,p99_us,max_us,errors,us_per_req" > "$RESULTS"
+  echo "round,mode,rps,p50_us,p99_us,max_us,errors,us_per_req,others_pct" > "$RESULTS"
   : > "$T/reloads.csv"
   url="http://127.0.0.1:$T_PORT/"
-  MODES=(three steady reloading)
-  echo "part 2: $ROUNDS rounds of wrk -t1 -c$CONNS -d${DURATION}s: 3 clones alone, $BIG clones, $BIG clones reloaded every second" >&2
+  MODES=(three steady reloading burn)
+  echo "part 2: $ROUNDS rounds of wrk -t1 -c$CONNS -d${DURATION}s: 3 clones alone, $BIG clones, $BIG clones reloaded every second, $BIG clones and $BURN_MS ms/s burned" >&2
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d3s "$url" >/dev/null 2>&1   # warm-up
   for pr in $(seq "$ROUNDS"); do
-    for k in 0 1 2; do
-      mode=${MODES[$(( (pr - 1 + k) % 3 ))]}   # the order rotates each round
+    for k in 0 1 2 3; do
+      mode=${MODES[$(( (pr - 1 + k) % 4 ))]}   # the order rotates each round
       want=a; [[ $mode = three ]] && want=three
       if [[ $CURRENT != "$want" ]]; then
         use_file $want >/dev/null; CURRENT=$want; sleep 1
@@ -434,11 +481,17 @@ EOF
       rpid=""
       if [[ $mode = reloading ]]; then
         reloader "$DURATION" "$T/reloads.csv" & rpid=$!; started $rpid
+      elif [[ $mode = burn ]]; then
+        burner "$DURATION" "$BURN_MS" & rpid=$!; started $rpid
       fi
-      c0=$(tree_ticks $LB_PID)
+      c0=$(tree_ticks $LB_PID); b0=$(tree_ticks $BACKEND_PIDS); m0=$(busy_ticks); times > "$T/times0"
       out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" 2>&1)
-      c1=$(tree_ticks $LB_PID)
-      [[ -n $rpid ]] && wait "$rpid"   # it leaves a.toml or b.toml: both the big pool
+      c1=$(tree_ticks $LB_PID); b1=$(tree_ticks $BACKEND_PIDS); m1=$(busy_ticks)
+      [[ -n $rpid ]] && wait "$rpid"   # a reloader leaves a.toml or b.toml: both the big pool
+      times > "$T/times1"   # in this shell: wrk and the reloader are reaped by now
+      o0=$(children_ticks "$T/times0"); o1=$(children_ticks "$T/times1")
+      others=$(awk -v m=$((m1 - m0 - (c1 - c0) - (b1 - b0) - (o1 - o0))) -v k="$TICK_US" -v d="$DURATION" \
+        'BEGIN{ o = m*k/(d*1e6)*100; printf "%.0f", o < 0 ? 0 : o }')
       req=$(awk '/requests in/{print $1}' <<<"$out")
       rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
       p50=$(to_us "$(awk '$1=="50%"{print $2}' <<<"$out")")
@@ -446,15 +499,15 @@ EOF
       max=$(to_us "$(awk '$1=="Latency" && NF>=4 {print $4; exit}' <<<"$out")")
       errs=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
       us=$(awk -v a="$c0" -v b="$c1" -v n="${req:-0}" -v k="$TICK_US" 'BEGIN{ if (n>0) printf "%.2f", (b-a)*k/n; else print "nan" }')
-      echo "$pr,$mode,$rps,$p50,$p99,$max,$errs,$us" >> "$RESULTS"
-      printf '  round %s %-9s %10s req/s  p50 %7sus  p99 %7sus  max %8sus  errors %s  %s us/req\n' \
-        "$pr" "$mode" "$rps" "$p50" "$p99" "$max" "$errs" "$us" >&2
+      echo "$pr,$mode,$rps,$p50,$p99,$max,$errs,$us,$others" >> "$RESULTS"
+      printf '  round %s %-9s %10s req/s  p50 %7sus  p99 %7sus  max %8sus  errors %s  %s us/req  others %s %%\n' \
+        "$pr" "$mode" "$rps" "$p50" "$p99" "$max" "$errs" "$us" "$others" >&2
     done
   done
 
-  python3 - "$RESULTS" "$T/reloads.csv" "$BACKEND_DESC" "$ROUNDS" "$DURATION" "$CONNS" "$IDLE_CPU" "$BIG" <<'EOF'
+  python3 - "$RESULTS" "$T/reloads.csv" "$BACKEND_DESC" "$ROUNDS" "$DURATION" "$CONNS" "$IDLE_CPU" "$BIG" "$BURN_MS" <<'EOF'
 import csv, statistics, sys
-results, reloads, backends, rounds, duration, conns, idle, big = sys.argv[1:9]
+results, reloads, backends, rounds, duration, conns, idle, big, burn = sys.argv[1:10]
 big = int(big)
 rows = list(csv.DictReader(open(results)))
 def med(mode, key):
@@ -471,16 +524,17 @@ print(f"3 live clones ({backends}); the {big - 3:,} others dead (127.A.B.C:1) an
       f"rotation by [health] start_unhealthy. wrk -t1 -c{conns} -d{duration}s; medians of "
       f"{rounds} rounds (order rotated); balancer on one CPU, the rest on the other. "
       f"Idle CPU with the {big - 3:,} dead clones checked every 30 s: {idle} % of one CPU.\n")
-print("| pool | req/s | p50 | p99 | max | errors | CPU µs/req |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| pool | req/s | p50 | p99 | max | errors | CPU µs/req | others' CPU |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 names = {"three": "3 clones alone", "steady": f"{big:,} clones",
-         "reloading": f"{big:,} clones, reloaded every second"}
-for mode in ("three", "steady", "reloading"):
+         "reloading": f"{big:,} clones, reloaded every second",
+         "burn": f"{big:,} clones, {burn} ms of CPU/s burned beside"}
+for mode in ("three", "steady", "reloading", "burn"):
     print(f"| {names[mode]} | {med(mode, 'rps'):,.0f} | {med(mode, 'p50_us'):,.0f} µs | "
           f"{med(mode, 'p99_us'):,.0f} µs | {med(mode, 'max_us'):,.0f} µs | "
-          f"{med(mode, 'errors'):,.0f} | {med(mode, 'us_per_req'):.2f} |")
+          f"{med(mode, 'errors'):,.0f} | {med(mode, 'us_per_req'):.2f} | {med(mode, 'others_pct'):.0f} % |")
 print()
-for a, b in (("reloading", "steady"), ("steady", "three")):
+for a, b in (("reloading", "steady"), ("burn", "steady"), ("steady", "three")):
     for key, label in (("p99_us", "p99"), ("rps", "req/s"), ("us_per_req", "CPU µs/req")):
         xs = per_round(a, b, key)
         if xs:
