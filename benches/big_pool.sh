@@ -90,6 +90,7 @@ die() { echo "big_pool.sh: $*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 is needed"
 if [[ $DO_TRAFFIC = 1 ]]; then
   command -v wrk >/dev/null || die "wrk is needed for part 2: apt-get install -y wrk (or --no-traffic)"
+  command -v curl >/dev/null || die "curl is needed for part 2"
   command -v taskset >/dev/null || die "taskset is needed (util-linux)"
 fi
 
@@ -377,7 +378,8 @@ start_unhealthy = true"
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$T_ADMIN/reload" || die "reload to $1.toml failed"
     echo $(( ($(date +%s%N) - t0) / 1000000 ))
   }
-  echo "part 2: first reload, 3 -> $BIG clones (9,997 added, health settings changed): $(use_file a) ms" >&2
+  use_file a > "$T/first.ms"   # not in $(...): a failure must stop the script
+  echo "part 2: first reload, 3 -> $BIG clones (9,997 added, health settings changed): $(cat "$T/first.ms") ms" >&2
   CURRENT=a
 
   tree_ticks() {  # user+sys clock ticks of processes (all their threads) and their children
