@@ -8,6 +8,7 @@
 //! Owns: the snapshot's shape and the pick over it. Must not touch: the `ArcSwap` (only
 //! the control plane stores into it), per-request state.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -25,6 +26,10 @@ pub type SharedTable = ArcSwap<RoutingTable>;
 #[derive(Debug)]
 pub struct RoutingTable {
     backends: Box<[Backend]>,
+    /// Each clone's index in `backends`, by address: [`RoutingTable::find`] is what a
+    /// publish asks for every clone of the old and the new table, so a linear scan there
+    /// made a reload quadratic in the number of clones.
+    by_address: HashMap<SocketAddr, usize>,
     picker: Picker,
     policy: Policy,
     config: Arc<Config>,
@@ -79,9 +84,14 @@ impl RoutingTable {
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let mut by_address = HashMap::with_capacity(backends.len());
+        for (i, b) in backends.iter().enumerate() {
+            by_address.entry(b.address).or_insert(i);
+        }
         RoutingTable {
             picker: Picker::new(config.balancer.strategy, &weights),
             backends,
+            by_address,
             policy: Policy {
                 proxy: config.proxy,
                 limits: config.limits,
@@ -141,8 +151,11 @@ impl RoutingTable {
         &self.backends
     }
 
+    /// The clone at `address` (addresses are unique in a table).
     pub fn find(&self, address: SocketAddr) -> Option<&Backend> {
-        self.backends.iter().find(|b| b.address == address)
+        self.by_address
+            .get(&address)
+            .and_then(|&i| self.backends.get(i))
     }
 
     pub fn proxy(&self) -> &ProxyConfig {

@@ -24,7 +24,7 @@ pub mod runtime;
 pub mod status;
 mod steer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -263,19 +263,20 @@ impl ControlState {
         if running.listen.https.is_some() {
             self.tls.store(tls);
         }
-        // A clone coming back while it drains gets its state (and connections) back.
+        // A clone coming back while it drains gets its state (and connections) back. Every
+        // lookup here is by hash, not a scan: a publish is linear in the clones.
+        let draining: HashMap<SocketAddr, &Backend> = inner
+            .draining
+            .iter()
+            .map(|d| (d.backend.address, &d.backend))
+            .collect();
         let new = RoutingTable::build_reusing(&config, |addr| {
             old.find(addr)
-                .or_else(|| {
-                    inner
-                        .draining
-                        .iter()
-                        .map(|d| &d.backend)
-                        .find(|b| b.address == addr)
-                })
+                .or_else(|| draining.get(&addr).copied())
                 .map(|b| Arc::clone(&b.state))
         })
         .with_error_pages(error_pages);
+        drop(draining);
         let mut added: Vec<&str> = Vec::new();
         let mut changed: Vec<&str> = Vec::new();
         for b in new.backends() {
@@ -285,9 +286,8 @@ impl ControlState {
                 Some(_) => {}
             }
         }
-        let back: Vec<SocketAddr> = new.backends().iter().map(|b| b.address).collect();
         inner.draining.retain(|d| {
-            let is_back = back.contains(&d.backend.address);
+            let is_back = new.find(d.backend.address).is_some();
             if is_back {
                 d.backend.state.set_draining(false);
             }
