@@ -1,7 +1,7 @@
 //! PEM files → a rustls `ServerConfig` for the HTTPS listener.
 //!
 //! TLS 1.2 and 1.3 only, rustls' safe defaults (its default cipher suites and key
-//! exchange groups; the `ring` provider), ALPN `h2` then `http/1.1`. The certificate chain
+//! exchange groups; the `aws-lc-rs` provider), ALPN `h2` then `http/1.1`. The certificate chain
 //! is read leaf first; the key may be PKCS#8, PKCS#1 or SEC1. A key that does not match the
 //! certificate is refused here, so `clonelb check` and a reload catch it before a client
 //! would.
@@ -57,7 +57,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
         path: key.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))

@@ -103,7 +103,7 @@ async fn start_driver() -> Driver {
 async fn browser(driver: &Driver) -> Browser {
     // rustls is built with both ring (clonelb) and aws-lc-rs (hyper-rustls' default), so
     // a process default must be chosen before the connector builds its config.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
