@@ -270,7 +270,7 @@ impl Balancer {
             Completion::new(
                 options.on_record,
                 Arc::clone(control.process_stats()),
-                Arc::clone(control.access_log()),
+                Some(Arc::clone(control.access_log()) as Arc<dyn record::AccessSink>),
             ),
         ));
         let (signal, _) = watch::channel(Signal::Run);

@@ -6,7 +6,7 @@
 //! [`Completion::complete`]. Its consumers: the per-clone counters by status class and the
 //! clone's time-to-head histogram (always on, `BackendState` atomics), or, for a request
 //! answered without any clone, the same in [`ProcessStats`] (`backend="none"`); then an
-//! access log ([`crate::access_log`], when `[log] access` is on: the record then carries
+//! access log (when `[log] access` is on: the record then carries
 //! a [`RequestHead`]); then an optional [`Hook`] (tests; the audit plugs in here).
 //!
 //! hyper's own answers to malformed request heads (its 400 and 431, sent before clonelb's
@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri, Version};
 
-use crate::access_log::{AccessLog, Entry};
 use crate::backend::BackendState;
 use crate::stats::ProcessStats;
 
@@ -117,6 +116,13 @@ impl RequestHead {
 /// per request: it must be quick and must not block.
 pub type Hook = Arc<dyn Fn(&RequestRecord<'_>) + Send + Sync>;
 
+/// Where records carrying a [`RequestHead`] go: the access log (which implements it;
+/// declared here so that this module does not depend on the access log's). Called on the
+/// worker, once per such record: it must not block.
+pub trait AccessSink: Send + Sync {
+    fn log(&self, record: &RequestRecord<'_>, head: &RequestHead);
+}
+
 /// The completion hook of a balancer: the per-clone status-class counters and latency
 /// histogram (or the balancer's own, for requests no clone answered), the access log
 /// (records carrying a [`RequestHead`]), then the optional [`Hook`].
@@ -124,11 +130,15 @@ pub type Hook = Arc<dyn Fn(&RequestRecord<'_>) + Send + Sync>;
 pub struct Completion {
     hook: Option<Hook>,
     process: Arc<ProcessStats>,
-    access: Arc<AccessLog>,
+    access: Option<Arc<dyn AccessSink>>,
 }
 
 impl Completion {
-    pub fn new(hook: Option<Hook>, process: Arc<ProcessStats>, access: Arc<AccessLog>) -> Self {
+    pub fn new(
+        hook: Option<Hook>,
+        process: Arc<ProcessStats>,
+        access: Option<Arc<dyn AccessSink>>,
+    ) -> Self {
         Completion {
             hook,
             process,
@@ -156,8 +166,8 @@ impl Completion {
             }
             None => self.process.count_unrouted(record.status, record.head_time),
         }
-        if let Some(head) = record.head {
-            self.access.log(Entry::of(record, head));
+        if let (Some(head), Some(access)) = (record.head, &self.access) {
+            access.log(record, head);
         }
         if let Some(hook) = &self.hook {
             hook(record);

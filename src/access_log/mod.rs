@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderValue, Method};
 
 use crate::config::{AccessFormat, LogConfig};
-use crate::record::{Outcome, RequestHead, RequestRecord};
+use crate::record::{AccessSink, Outcome, RequestHead, RequestRecord};
 use crate::stats::ProcessStats;
 
 /// Lines the channel holds before new ones are dropped.
@@ -176,6 +176,13 @@ pub struct AccessLog {
     writer: OnceLock<Writer>,
     /// Where its counters go (dropped and lost lines).
     stats: Arc<ProcessStats>,
+}
+
+impl AccessSink for AccessLog {
+    #[inline]
+    fn log(&self, record: &RequestRecord<'_>, head: &RequestHead) {
+        AccessLog::log(self, Entry::of(record, head));
+    }
 }
 
 impl AccessLog {

@@ -20,6 +20,7 @@
 //! per-request state.
 
 mod history;
+mod restart_only;
 pub mod runtime;
 pub mod status;
 mod steer;
@@ -35,12 +36,13 @@ use tokio::time::Instant;
 
 use crate::access_log::{self, AccessLog};
 use crate::backend::{Backend, BackendState};
-use crate::config::{Choice, Config};
+use crate::config::Config;
 use crate::error_pages::ErrorPages;
 use crate::health::HealthChecks;
 use crate::stats::ProcessStats;
 use crate::table::{RoutingTable, SharedTable};
 use history::History;
+use restart_only::keep_restart_only_settings;
 
 pub use crate::stats::{
     ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
@@ -428,63 +430,6 @@ impl ControlState {
     pub fn stop(&self) {
         self.lock().health.stop_all();
     }
-}
-
-/// Listener addresses and `max_connections` are bound at start: a reload keeps the running
-/// values and says so.
-fn keep_restart_only_settings(
-    config: &mut Config,
-    running: &Config,
-    (bound_http, bound_https): (Option<SocketAddr>, Option<SocketAddr>),
-    bound_admin: Option<SocketAddr>,
-) {
-    let listen_of = |c: &Config| c.admin.as_ref().and_then(|a| a.listen);
-    if listen_of(config) != listen_of(running) {
-        tracing::warn!(
-            running = %show(bound_admin),
-            configured = %show(listen_of(config)),
-            "admin.listen cannot change without a restart; keeping the running admin listener"
-        );
-        match (&mut config.admin, &running.admin) {
-            // The listener stays, and so does the token guarding it.
-            (None, Some(_)) => config.admin = running.admin.clone(),
-            (Some(_), None) => config.admin = None,
-            (Some(new), Some(old)) => new.listen = old.listen,
-            (None, None) => {}
-        }
-    }
-    if config.listen.addresses() != running.listen.addresses() {
-        tracing::warn!(
-            running_http = %show(bound_http),
-            running_https = %show(bound_https),
-            configured_http = %show(config.listen.http),
-            configured_https = %show(config.listen.https),
-            "listen.http and listen.https cannot change without a restart; keeping the running listeners"
-        );
-        config.listen.http = running.listen.http;
-        config.listen.https = running.listen.https;
-    }
-    if config.limits.max_connections != running.limits.max_connections {
-        tracing::warn!(
-            running = running.limits.max_connections,
-            configured = config.limits.max_connections,
-            "limits.max_connections cannot change without a restart; keeping the running limit"
-        );
-        config.limits.max_connections = running.limits.max_connections;
-    }
-    if config.log.format != running.log.format {
-        tracing::warn!(
-            running = running.log.format.as_str(),
-            configured = config.log.format.as_str(),
-            "log.format cannot change without a restart; keeping the running format"
-        );
-        config.log.format = running.log.format;
-    }
-}
-
-/// A listener address for people: `127.0.0.1:8080`, or `none`.
-fn show(address: Option<SocketAddr>) -> String {
-    address.map_or_else(|| "none".to_string(), |a| a.to_string())
 }
 
 /// `a,b,c`, at most [`LOGGED_NAMES`] names, then ` and N more`; empty for none.
