@@ -1064,21 +1064,11 @@ async fn sigusr1_with_a_full_access_log_channel_leaves_the_control_plane_working
     let statuses = get_many(lb.addr, CAPACITY + 10).await;
     assert!(statuses.iter().all(|s| *s == 200));
     lb.signal("-USR1");
-    assert!(
-        eventually(WAIT, || lb
-            .log_lines()
-            .iter()
-            .any(|l| l.contains("SIGUSR1: reopening the access log")))
-        .await
-    );
+    assert!(lb.logged("SIGUSR1: reopening the access log", WAIT).await);
     // The control runtime still handles signals: SIGHUP reloads.
     lb.signal("-HUP");
     assert!(
-        eventually(WAIT, || lb
-            .log_lines()
-            .iter()
-            .any(|l| l.contains("reloaded")))
-        .await,
+        lb.logged("reloaded", WAIT).await,
         "SIGHUP was not handled after SIGUSR1: {:#?}",
         lb.log_lines()
     );

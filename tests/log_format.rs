@@ -33,23 +33,9 @@ async fn exercise(mut lb: BinLb) -> Vec<String> {
     let a = tokio::time::timeout(WAIT, get(lb.addr, "/")).await.unwrap();
     assert_eq!(a.status, 200);
     lb.signal("-USR1");
-    assert!(
-        eventually(WAIT, || lb
-            .log_lines()
-            .iter()
-            .any(|l| l.contains("SIGUSR1: reopening the access log")))
-        .await
-    );
+    assert!(lb.logged("SIGUSR1: reopening the access log", WAIT).await);
     lb.signal("-HUP");
-    assert!(
-        eventually(WAIT, || lb
-            .log_lines()
-            .iter()
-            .any(|l| l.contains("reloaded")))
-        .await,
-        "{:#?}",
-        lb.log_lines()
-    );
+    assert!(lb.logged("reloaded", WAIT).await, "{:#?}", lb.log_lines());
     assert!(lb.stop().success());
     lb.log_lines()
 }

@@ -678,6 +678,14 @@ impl BinLb {
         assert!(status.success(), "kill {signal} failed");
     }
 
+    /// Poll, up to `limit`, until a stderr line contains `needle`.
+    pub async fn logged(&self, needle: &str, limit: Duration) -> bool {
+        eventually(limit, || {
+            self.log_lines().iter().any(|l| l.contains(needle))
+        })
+        .await
+    }
+
     /// The stderr lines so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
