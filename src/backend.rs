@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 
 use crate::idle::IdleConns;
 use crate::stats::{ChecksCount, LastCheck, LatencyHistogram};
+use crate::upstream_conn::Sockets;
 
 /// A clone as the routing table sees it: identity and weight from lb.toml, plus the state.
 #[derive(Debug, Clone)]
@@ -78,8 +79,11 @@ pub struct BackendState {
     checks_failed: AtomicU64,
     last_check: Mutex<Option<LastCheck>>,
     pub(crate) idle: IdleConns,
-    /// The tasks driving this clone's upstream connections, so the end of a drain can
-    /// close them all. Touched when a connection opens, never per request.
+    /// This clone's open upstream sockets, so the end of a drain can cut every exchange
+    /// in flight (each is driven by its request's own task). Touched when a connection
+    /// opens, never per request.
+    sockets: Sockets,
+    /// The tasks of this clone's WebSocket tunnels, aborted by a cut as well.
     connections: Mutex<Vec<AbortHandle>>,
 }
 
@@ -109,6 +113,7 @@ impl BackendState {
             checks_failed: AtomicU64::new(0),
             last_check: Mutex::new(None),
             idle: IdleConns::default(),
+            sockets: Sockets::default(),
             connections: Mutex::new(Vec::new()),
         }
     }
@@ -197,6 +202,7 @@ impl BackendState {
     pub fn cut_connections(&self) {
         self.set_flag(CUT, true);
         self.idle.clear();
+        self.sockets.shutdown_all();
         let tasks = std::mem::take(
             &mut *self
                 .connections
@@ -208,6 +214,12 @@ impl BackendState {
         }
     }
 
+    /// Where a new upstream connection to this clone lists its socket.
+    pub(crate) fn sockets(&self) -> &Sockets {
+        &self.sockets
+    }
+
+    /// A WebSocket tunnel's task, so a cut can end it.
     pub(crate) fn track_connection(&self, task: AbortHandle) {
         let mut tasks = self
             .connections
@@ -333,6 +345,15 @@ impl BackendState {
     pub fn acquire(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Relaxed);
         self.attempts.fetch_add(1, Relaxed);
+        InFlightGuard {
+            state: Arc::clone(self),
+        }
+    }
+
+    /// One unit of in-flight for work on the clone's connection that is no attempt of
+    /// its own (an abandoned exchange read to its end).
+    pub fn hold(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Relaxed);
         InFlightGuard {
             state: Arc::clone(self),
         }

@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use crate::backend::{BackendState, InFlightGuard};
 use crate::context::ConnContext;
 use crate::health;
-use crate::idle::Sender;
 use crate::record::{Outcome, RequestHead, RequestRecord, CLIENT_CLOSED_REQUEST};
+use crate::upstream_conn::{PendingHead, Upstream};
 
 /// What is needed to record one request when it ends. Created when the service is called
 /// and moved along with the request: into its [`ResponseBody`], or into a WebSocket
@@ -163,7 +163,8 @@ enum Kind {
 #[derive(Debug)]
 struct Finish {
     guard: InFlightGuard,
-    sender: Sender,
+    /// The connection the body comes over, driven by polling the body.
+    conn: Upstream,
 }
 
 impl ResponseBody {
@@ -184,17 +185,17 @@ impl ResponseBody {
         }
     }
 
-    /// The clone's body; `guard` and `sender` are released when it ends.
+    /// The clone's body over `conn`; `guard` and `conn` are released when it ends.
     pub(crate) fn upstream(
         inner: Incoming,
         guard: InFlightGuard,
-        sender: Sender,
+        conn: Upstream,
         rec: Recorder,
     ) -> Self {
         ResponseBody {
             kind: Kind::Upstream {
                 inner,
-                finish: Some(Finish { guard, sender }),
+                finish: Some(Finish { guard, conn }),
             },
             rec: Some(rec),
         }
@@ -206,13 +207,14 @@ impl ResponseBody {
         let outcome = match &mut self.kind {
             Kind::Full(_) => Outcome::ClonelbError,
             Kind::Upstream { finish, .. } => {
-                let Some(Finish { guard, sender }) = finish.take() else {
+                let Some(Finish { guard, mut conn }) = finish.take() else {
                     return;
                 };
                 let state = guard.state();
                 match end {
                     End::Clean => {
-                        state.idle.put(sender, !state.keeps_idle());
+                        conn.settle();
+                        state.idle.put(conn, !state.keeps_idle());
                         Outcome::Complete
                     }
                     End::CloneError if state.is_cut() => Outcome::Cut,
@@ -263,8 +265,12 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
             }
-            Kind::Upstream { inner, .. } => {
-                let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
+            Kind::Upstream { inner, finish } => {
+                let polled = ready!(match finish {
+                    Some(f) => f.conn.poll_body(inner, cx),
+                    // Ended already (hyper polls no further after the end).
+                    None => Pin::new(&mut *inner).poll_frame(cx),
+                });
                 // hyper stops polling once `is_end_stream()` is true, so the end is
                 // detected after the last frame, not only on `None`.
                 let ended = inner.is_end_stream();
@@ -341,7 +347,7 @@ impl ResponseBody {
     /// (HAProxy keeps a server connection after a client abort the same way). Without it
     /// every client that hangs up mid-response costs a new upstream connection: a load
     /// generator's end of run alone closed hundreds at 256 connections.
-    fn abandoned(&mut self, inner: Incoming, Finish { guard, sender }: Finish) {
+    fn abandoned(&mut self, inner: Incoming, Finish { guard, conn }: Finish) {
         let outcome = self
             .rec
             .as_ref()
@@ -353,25 +359,62 @@ impl ResponseBody {
             && guard.state().keeps_idle()
             && inner.size_hint().upper().is_none_or(|n| n <= DRAIN_MAX);
         if !worth_it {
-            return; // dropping the sender closes the connection
+            return; // dropping it closes the connection
         }
         // No runtime (dropped during shutdown): nothing to drain on, the connection closes.
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        rt.spawn(drain(inner, guard, sender));
+        rt.spawn(drain(Rest::Body(inner), guard, conn));
     }
 }
 
-/// Read the rest of an abandoned response (at most [`DRAIN_MAX`] bytes within
-/// [`DRAIN_TIME`]) and pool its connection when it ends cleanly. The in-flight guard is
-/// held meanwhile: the connection is busy, and a drain cut or a disable sees it.
-async fn drain(mut inner: Incoming, guard: InFlightGuard, sender: Sender) {
-    use http_body_util::BodyExt;
+/// The client left while its request waited for the clone's response head (see
+/// `forward::send`): unless the clone is draining, disabled or cut, wait for the head and
+/// read the rest as for an answer abandoned mid-body, holding one unit of the clone's
+/// in-flight count meanwhile.
+pub(crate) fn abandoned_before_head(state: &Arc<BackendState>, conn: Upstream, head: PendingHead) {
+    if !state.keeps_idle() || state.is_cut() {
+        return; // dropping it closes the connection
+    }
+    // No runtime (dropped during shutdown): nothing to drain on, the connection closes.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(drain(Rest::Head(head), state.hold(), conn));
+}
+
+/// What is left to read of an abandoned exchange.
+enum Rest {
+    /// Its response head (and then the body).
+    Head(PendingHead),
+    /// Its response body.
+    Body(Incoming),
+}
+
+/// Read the rest of an abandoned response (at most [`DRAIN_MAX`] bytes of body, all
+/// within [`DRAIN_TIME`]) and pool its connection when it ends cleanly. The in-flight
+/// guard is held meanwhile: the connection is busy, and a drain cut or a disable sees it.
+async fn drain(rest: Rest, guard: InFlightGuard, mut conn: Upstream) {
     let read_to_end = async {
+        let mut inner = match rest {
+            Rest::Body(inner) => inner,
+            Rest::Head(mut head) => {
+                match std::future::poll_fn(|cx| conn.poll_head(&mut head, cx)).await {
+                    Ok(resp) => resp.into_body(),
+                    Err(_) => return false,
+                }
+            }
+        };
+        if inner.size_hint().upper().is_some_and(|n| n > DRAIN_MAX) {
+            return false;
+        }
+        if inner.is_end_stream() {
+            return true;
+        }
         let mut read = 0u64;
         loop {
-            match inner.frame().await {
+            match std::future::poll_fn(|cx| conn.poll_body(&mut inner, cx)).await {
                 None => return true,
                 Some(Err(_)) => return false,
                 Some(Ok(frame)) => {
@@ -386,9 +429,14 @@ async fn drain(mut inner: Incoming, guard: InFlightGuard, sender: Sender) {
             }
         }
     };
-    if let Ok(true) = tokio::time::timeout(DRAIN_TIME, read_to_end).await {
+    let read = matches!(
+        tokio::time::timeout(DRAIN_TIME, read_to_end).await,
+        Ok(true)
+    );
+    if read {
         let state = guard.state();
-        state.idle.put(sender, !state.keeps_idle());
+        conn.settle();
+        state.idle.put(conn, !state.keeps_idle());
     }
     drop(guard);
 }

@@ -17,9 +17,7 @@
 use std::cell::Cell;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use hyper::client::conn::http1::SendRequest;
-
-use crate::upstream_body::UpstreamBody;
+use crate::upstream_conn::Upstream;
 
 /// Idle connections kept per clone (split evenly between the shards, at least
 /// [`MIN_PER_SHARD`] each). Sized for peak concurrency of a busy balancer; a connection
@@ -28,8 +26,6 @@ pub const MAX_IDLE_PER_CLONE: usize = 1024;
 const MIN_PER_SHARD: usize = 64;
 /// Shards per clone at most (workers beyond it share shards, which stays correct).
 const MAX_SHARDS: usize = 16;
-
-pub type Sender = SendRequest<UpstreamBody>;
 
 thread_local! {
     /// The shard this thread takes from and returns to: its worker number (0 for any
@@ -53,14 +49,14 @@ fn shard_count() -> usize {
     })
 }
 
-/// A clone's idle connections, one shard per worker thread. A connection's task runs on
-/// the worker that opened it, so a request on another worker would cross threads twice
-/// per exchange (its request sent to that task, the answer woken back): each worker reuses
-/// only its own connections, as nginx's per-worker keep-alive pools do.
+/// A clone's idle connections, one shard per worker thread. A connection's socket is
+/// registered with the reactor of the worker that opened it, so a request on another
+/// worker would have its wake-ups cross threads: each worker reuses only its own
+/// connections, as nginx's per-worker keep-alive pools do.
 #[derive(Debug)]
 pub struct IdleConns {
     /// Never empty (at least one shard).
-    shards: Box<[Mutex<Vec<Sender>>]>,
+    shards: Box<[Mutex<Vec<Upstream>>]>,
     per_shard: usize,
 }
 
@@ -76,7 +72,7 @@ impl Default for IdleConns {
 
 impl IdleConns {
     /// This thread's shard, locked.
-    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Sender>> {
+    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Upstream>> {
         let i = SHARD.with(Cell::get) % self.shards.len();
         // `i < len`: `shards` is never empty and `i` is taken modulo its length.
         self.shards[i]
@@ -84,42 +80,49 @@ impl IdleConns {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently returned idle connection that is ready for a request now.
-    /// (One put back at the end of a body may still be finishing its bookkeeping; a
-    /// request taking it would wait a scheduling round.)
-    pub fn take_ready(&self) -> Option<Sender> {
+    /// The most recently returned idle connection that is still open and ready for a
+    /// request now. Connections found closed (by the clone, while they sat idle) are
+    /// dropped on the way; one still finishing its last exchange's bookkeeping is left for
+    /// [`IdleConns::take`].
+    pub fn take_ready(&self) -> Option<Upstream> {
         let mut idle = self.mine();
-        let i = idle.iter().rposition(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+        while let Some(i) = idle.iter().rposition(Upstream::is_ready) {
+            let mut conn = idle.swap_remove(i);
+            if conn.is_open() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
-    /// Any open idle connection, most recently returned first; callers wait on `ready()`.
-    pub fn take(&self) -> Option<Sender> {
+    /// Any open idle connection, most recently returned first; callers wait on
+    /// `Upstream::ready()`.
+    pub fn take(&self) -> Option<Upstream> {
         let mut idle = self.mine();
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
+        while let Some(mut s) = idle.pop() {
+            if s.is_open() {
                 return Some(s);
             }
         }
         None
     }
 
-    /// Keep `sender` for the next request, unless it is closed or `closing` (the clone is
+    /// Keep `conn` for the next request, unless it is closed or `closing` (the clone is
     /// draining: its idle connections are closed, not kept).
-    pub fn put(&self, sender: Sender, closing: bool) {
-        if closing || sender.is_closed() {
+    pub fn put(&self, conn: Upstream, closing: bool) {
+        if closing || !conn.is_reusable() {
             return;
         }
         let mut idle = self.mine();
         if idle.len() < self.per_shard {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
-    /// Close every idle connection (dropping a sender closes its connection).
+    /// Close every idle connection (dropping one closes it).
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            let drained: Vec<Sender> =
+            let drained: Vec<Upstream> =
                 std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
             drop(drained);
         }

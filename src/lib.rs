@@ -79,6 +79,7 @@ pub mod strategy;
 pub mod table;
 pub mod tls;
 pub mod upstream_body;
+pub mod upstream_conn;
 
 use std::net::SocketAddr;
 use std::path::Path;

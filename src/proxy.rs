@@ -42,11 +42,11 @@ use crate::error::{Fault, ProxyError, Retry};
 use crate::error_pages::ErrorPages;
 use crate::forward::{self, SendFailure};
 use crate::health::{self, Attempt};
-use crate::idle::Sender;
 use crate::record::Outcome;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::table::{Policy, RoutingTable, SharedTable};
 use crate::upstream_body::UpstreamBody;
+use crate::upstream_conn::Upstream;
 
 thread_local! {
     /// Randomness for strategies that sample (least-connections on large pools).
@@ -120,7 +120,7 @@ pub async fn handle(
             forward::set_fallback_host(&mut req, state.host());
         }
         match attempt(state, req, &policy).await {
-            Ok((mut resp, sender)) => {
+            Ok((mut resp, conn)) => {
                 let status = resp.status();
                 health::report(state, &policy, Attempt::Answered(status.as_u16()));
                 rec.head(status.as_u16());
@@ -128,7 +128,7 @@ pub async fn handle(
                     .insert(X_REQUEST_ID, rec.request_id().clone());
                 if let Some(client) = client_upgrade {
                     if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        return Ok(tunnel(client, &mut resp, guard, rec));
+                        return Ok(tunnel(client, conn, &mut resp, guard, rec));
                     }
                 }
                 let (mut parts, body) = resp.into_parts();
@@ -139,15 +139,15 @@ pub async fn handle(
                 }
                 return Ok(Response::from_parts(
                     parts,
-                    ResponseBody::upstream(body, guard, sender, rec),
+                    ResponseBody::upstream(body, guard, conn, rec),
                 ));
             }
             Err(AttemptFailure { error, request }) => {
                 let error = match error {
                     // Its drain timed out and the balancer cut its connections: not the
                     // clone's failure, and nothing for passive ejection to count. (hyper
-                    // reports the aborted connection task as a "user" error, so this
-                    // does not go by `fault()`; a failed client body stays the client's.)
+                    // reports the shut-down socket like a clone that closed, so this does
+                    // not go by `fault()`; a failed client body stays the client's.)
                     e if state.is_cut() && !matches!(e, ProxyError::Rejected(_)) => {
                         ProxyError::Cut {
                             address: state.address(),
@@ -208,25 +208,34 @@ pub async fn handle(
 /// is recorded when it closes.
 fn tunnel(
     client: hyper::upgrade::OnUpgrade,
+    conn: Upstream,
     resp: &mut Response<Incoming>,
     guard: InFlightGuard,
     mut rec: Recorder,
 ) -> Response<ResponseBody> {
-    let upstream = hyper::upgrade::on(&mut *resp);
     let state = Arc::clone(guard.state());
     let task = tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
-            Err(e) => {
+        let (client, upstream) = tokio::join!(client, conn.into_io());
+        let (client, (mut upstream, early, _cut)) = match (client, upstream) {
+            (Ok(c), Some(u)) => (c, u),
+            (Err(e), _) => {
                 tracing::debug!(error = %e, "WebSocket upgrade did not complete");
                 return;
             }
+            (_, None) => return,
         };
         let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        // What the clone sent right after its 101 (read along with the head) goes first.
+        let early_len = early.len() as u64;
+        if !early.is_empty() {
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
+                tracing::debug!(error = %e, "WebSocket tunnel ended");
+                return;
+            }
+        }
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((_, to_client)) => {
-                rec.add_bytes(to_client);
+                rec.add_bytes(early_len + to_client);
                 rec.finish(Outcome::Complete);
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket tunnel ended"),
@@ -277,12 +286,11 @@ struct AttemptFailure {
 /// One attempt on one clone. A pooled connection found closed before the request left is
 /// replaced by a fresh one (that is the pool's failure, not the clone's).
 async fn attempt(
-    state: &BackendState,
+    state: &Arc<BackendState>,
     req: Request<UpstreamBody>,
     policy: &Policy,
-) -> Result<(Response<Incoming>, Sender), AttemptFailure> {
-    let address = state.address();
-    let mut conn = match forward::connect(state, policy.proxy.connect_timeout, true).await {
+) -> Result<(Response<Incoming>, Upstream), AttemptFailure> {
+    let conn = match forward::connect(state, policy.proxy.connect_timeout, true).await {
         Ok(c) => c,
         Err(error) => {
             return Err(AttemptFailure {
@@ -291,11 +299,12 @@ async fn attempt(
             })
         }
     };
-    match forward::send(&mut conn, req, address, policy.proxy.response_timeout).await {
-        Ok(resp) => Ok((resp, conn.sender)),
+    let reused = conn.reused;
+    match forward::send(conn, req, state, policy.proxy.response_timeout).await {
+        Ok(answer) => Ok(answer),
         Err(SendFailure {
             request: Some(req), ..
-        }) if conn.reused => Box::pin(attempt_fresh(state, req, policy)).await,
+        }) if reused => Box::pin(attempt_fresh(state, req, policy)).await,
         Err(f) => Err(AttemptFailure {
             error: f.error,
             request: f.request,
@@ -305,11 +314,11 @@ async fn attempt(
 
 /// The same attempt on a new connection (rare: boxed, to keep `attempt` small).
 async fn attempt_fresh(
-    state: &BackendState,
+    state: &Arc<BackendState>,
     req: Request<UpstreamBody>,
     policy: &Policy,
-) -> Result<(Response<Incoming>, Sender), AttemptFailure> {
-    let mut conn = match forward::connect(state, policy.proxy.connect_timeout, false).await {
+) -> Result<(Response<Incoming>, Upstream), AttemptFailure> {
+    let conn = match forward::connect(state, policy.proxy.connect_timeout, false).await {
         Ok(c) => c,
         Err(error) => {
             return Err(AttemptFailure {
@@ -318,18 +327,12 @@ async fn attempt_fresh(
             })
         }
     };
-    forward::send(
-        &mut conn,
-        req,
-        state.address(),
-        policy.proxy.response_timeout,
-    )
-    .await
-    .map(|resp| (resp, conn.sender))
-    .map_err(|f| AttemptFailure {
-        error: f.error,
-        request: f.request,
-    })
+    forward::send(conn, req, state, policy.proxy.response_timeout)
+        .await
+        .map_err(|f| AttemptFailure {
+            error: f.error,
+            request: f.request,
+        })
 }
 
 /// clonelb's own answer to a request it could not proxy, recorded as `clonelb_error`: the

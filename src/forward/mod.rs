@@ -12,23 +12,24 @@ pub use prepare::{
     is_websocket, prepare, set_fallback_host, strip_hop_by_hop, valid_host, Prepared,
 };
 
-use std::net::SocketAddr;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::header;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::backend::BackendState;
 use crate::error::{BodyError, ProxyError};
-use crate::idle::Sender;
 use crate::upstream_body::UpstreamBody;
+use crate::upstream_conn::{HandshakeError, PendingHead, Upstream};
 
 /// A connection to a clone, ready for one request.
 pub struct Connection {
-    pub sender: Sender,
+    pub upstream: Upstream,
     /// Taken from the pool (it may have been closed by the clone meanwhile).
     pub reused: bool,
 }
@@ -44,9 +45,9 @@ pub async fn connect(
     use_pool: bool,
 ) -> Result<Connection, ProxyError> {
     if use_pool {
-        if let Some(sender) = state.idle.take_ready() {
+        if let Some(upstream) = state.idle.take_ready() {
             return Ok(Connection {
-                sender,
+                upstream,
                 reused: true,
             });
         }
@@ -60,14 +61,12 @@ async fn connect_slow(
     use_pool: bool,
 ) -> Result<Connection, ProxyError> {
     if use_pool {
-        while let Some(mut sender) = state.idle.take() {
-            // Returned at the end of a body and not done with its bookkeeping yet: `ready()`
-            // waits for its connection task to run (or reports it closed). No timer: that
-            // wait involves no network, and a timer per wait cost measurable CPU when 256
-            // busy connections kept the pool's connections from getting ready in time.
-            if sender.ready().await.is_ok() {
+        while let Some(mut upstream) = state.idle.take() {
+            // Returned at the end of a body and not done with its bookkeeping yet: drive
+            // it until it is ready (or found closed).
+            if upstream.ready().await {
                 return Ok(Connection {
-                    sender,
+                    upstream,
                     reused: true,
                 });
             }
@@ -80,24 +79,14 @@ async fn connect_slow(
         Err(_) => return Err(ProxyError::ConnectTimeout { address, timeout }),
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        // One write() of head and body rather than writev: measured 5 % less CPU per
-        // request on the loopback benchmark.
-        .writev(false)
-        .handshake(TokioIo::new(stream))
+    let upstream = Upstream::handshake(stream, state.sockets())
         .await
-        .map_err(|source| ProxyError::Upstream { address, source })?;
-    let name = state.name();
-    let task = tokio::spawn(async move {
-        // with_upgrades: after a 101 the connection hands its socket to a WebSocket tunnel.
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(clone = %name, address = %address, error = %e, "upstream connection ended");
-        }
-    });
-    // So the end of a drain can close it (see BackendState::cut_connections).
-    state.track_connection(task.abort_handle());
+        .map_err(|e| match e {
+            HandshakeError::Hyper(source) => ProxyError::Upstream { address, source },
+            HandshakeError::Io(source) => ProxyError::Connect { address, source },
+        })?;
     Ok(Connection {
-        sender,
+        upstream,
         reused: false,
     })
 }
@@ -108,21 +97,46 @@ pub struct SendFailure {
     pub request: Option<Request<UpstreamBody>>,
 }
 
-/// Send `req` and wait for the response head, at most `timeout`.
+/// Send `req` on `conn` and wait for the response head, at most `timeout`; the connection
+/// comes back with the head (its body comes over it).
+///
+/// Dropped while it waits (the client left, so hyper dropped the request's future), the
+/// exchange is finished in the background when the clone may keep the connection: the
+/// head and a body of at most `body::DRAIN_MAX` are read and the connection pooled, as
+/// for an answer abandoned mid-body. Closing it instead cost a new upstream connection for
+/// every request in flight when a client hung up (a load generator's end of run: ~120 at
+/// 256 connections).
 pub async fn send(
-    conn: &mut Connection,
+    conn: Connection,
     req: Request<UpstreamBody>,
-    address: SocketAddr,
+    state: &Arc<BackendState>,
     timeout: Duration,
-) -> Result<Response<Incoming>, SendFailure> {
-    match tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await {
-        Ok(Ok(mut resp)) => {
+) -> Result<(Response<Incoming>, Upstream), SendFailure> {
+    let address = state.address();
+    let mut upstream = conn.upstream;
+    let head = upstream.start(req);
+    let mut exchange = Exchange {
+        state,
+        parts: Some((upstream, head)),
+    };
+    let polled = tokio::time::timeout(
+        timeout,
+        poll_fn(|cx| match &mut exchange.parts {
+            Some((upstream, head)) => upstream.poll_head(head, cx),
+            None => Poll::Pending,
+        }),
+    )
+    .await;
+    // Finished or timed out: nothing to hand to the background any more.
+    let upstream = exchange.parts.take().map(|(upstream, _head)| upstream);
+    match (polled, upstream) {
+        (Ok(Ok(mut resp)), Some(upstream)) => {
             let headers = resp.headers_mut();
             if headers.contains_key(header::TRANSFER_ENCODING)
                 && headers.contains_key(header::CONTENT_LENGTH)
             {
                 // Both framings: a sign of response splitting (RFC 9112 §6.3). Not passed on;
-                // dropping the response closes its connection.
+                // dropping the response and its connection closes it.
                 return Err(SendFailure {
                     error: ProxyError::BadResponse {
                         address,
@@ -132,9 +146,9 @@ pub async fn send(
                 });
             }
             strip_hop_by_hop(headers);
-            Ok(resp)
+            Ok((resp, upstream))
         }
-        Ok(Err(mut e)) => {
+        (Ok(Err(mut e)), _) => {
             let request = e.take_message();
             let source = e.into_error();
             let error = match body_error(&source) {
@@ -144,10 +158,25 @@ pub async fn send(
             };
             Err(SendFailure { error, request })
         }
-        Err(_) => Err(SendFailure {
+        // (A head without its connection cannot happen: `parts` is taken only above.)
+        (Err(_), _) | (Ok(Ok(_)), None) => Err(SendFailure {
             error: ProxyError::ResponseTimeout { address, timeout },
             request: None,
         }),
+    }
+}
+
+/// A request on its way to `state`'s clone, until its head is here.
+struct Exchange<'a> {
+    state: &'a Arc<BackendState>,
+    parts: Option<(Upstream, PendingHead)>,
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        if let Some((upstream, head)) = self.parts.take() {
+            crate::body::abandoned_before_head(self.state, upstream, head);
+        }
     }
 }
 
