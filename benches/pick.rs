@@ -1,6 +1,7 @@
 //! The cost of one pick of a clone, through the public API: `config` → `RoutingTable::build`
 //! → `RoutingTable::pick`, for both strategies at 3, 100 and 10,000 clones (plus weighted
-//! round-robin at 100).
+//! round-robin at 100), and in atomic deploy mode at 100 and 10,000 (clones alternate
+//! between two versions, the second one active: half the pool is standby).
 //!
 //! Before criterion runs, a counting global allocator checks that a pick allocates
 //! nothing: 1,000,000 picks per case, and the run panics on any allocation.
@@ -12,12 +13,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clonelb::backend::InFlightGuard;
 use clonelb::config::{
     parse, BackendConfig, BalancerConfig, Config, ListenConfig, ProxyConfig, StrategyKind,
 };
+use clonelb::deploy::DeployGate;
 use clonelb::table::RoutingTable;
 use criterion::{BenchmarkId, Criterion};
 use rand::rngs::SmallRng;
@@ -98,6 +101,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         reload: Default::default(),
         admin: None,
         log: Default::default(),
+        deploy: Default::default(),
         error_pages: Default::default(),
         backends: (0..n)
             .map(|i| BackendConfig {
@@ -133,6 +137,21 @@ struct Case {
 
 fn case(label: &'static str, strategy: StrategyKind, n: usize, weighted: bool) -> Case {
     let table = RoutingTable::build(&config(strategy, n, weighted), None);
+    if label.starts_with("atomic") {
+        // Versions 1 and 2 alternate; 2 is active (1 the fallback), as the deploy task
+        // would set the gate mid-rollout.
+        for (i, b) in table.backends().iter().enumerate() {
+            b.state.set_version(1 + (i % 2) as u32);
+        }
+        let gate = Arc::new(DeployGate::default());
+        gate.set(2, 1);
+        return Case {
+            label,
+            n,
+            table: table.with_gate(gate),
+            _load: Vec::new(),
+        };
+    }
     let mut load = Vec::new();
     if strategy == StrategyKind::LeastConnections {
         // 0..=4 in flight, spread so the least-loaded clones are few and not adjacent.
@@ -164,6 +183,20 @@ fn cases() -> Vec<Case> {
     for n in SIZES {
         out.push(case(
             "least-connections",
+            StrategyKind::LeastConnections,
+            n,
+            false,
+        ));
+    }
+    for n in [100, 10_000] {
+        out.push(case(
+            "atomic-round-robin",
+            StrategyKind::RoundRobin,
+            n,
+            false,
+        ));
+        out.push(case(
+            "atomic-least-connections",
             StrategyKind::LeastConnections,
             n,
             false,

@@ -60,6 +60,10 @@ pub struct BackendState {
     /// request path only (logs, status).
     name: ArcSwap<Arc<str>>,
     flags: AtomicU8,
+    /// The code version its last passing check reported: an id in the deploy
+    /// controller's `Versions` (0 = unknown). Written by the checker (and cleared by an
+    /// enable), read by the request path with one load.
+    version: AtomicU32,
     in_flight: AtomicUsize,
     /// Attempts sent to this clone (a retried request counts once per clone it tried).
     attempts: AtomicU64,
@@ -101,6 +105,7 @@ impl BackendState {
             host: host_value(address),
             name: ArcSwap::from_pointee(Arc::from(address.to_string())),
             flags: AtomicU8::new(0),
+            version: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
             attempts: AtomicU64::new(0),
             responses: Default::default(),
@@ -143,6 +148,17 @@ impl BackendState {
     #[inline]
     pub fn is_available(&self) -> bool {
         self.flags.load(Relaxed) & (DOWN | DISABLED | DRAINING) == 0
+    }
+
+    /// The version id its checks report (0 = unknown).
+    #[inline]
+    pub fn version(&self) -> u32 {
+        self.version.load(Relaxed)
+    }
+
+    /// Store the version id; returns the one before.
+    pub fn set_version(&self, id: u32) -> u32 {
+        self.version.swap(id, Relaxed)
     }
 
     pub fn is_down(&self) -> bool {

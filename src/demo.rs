@@ -2,7 +2,9 @@
 //! newcomer can see round-robin work with one command and no files.
 //!
 //! [`serve_clone`] is a tiny app server (the same one `examples/clone.rs` runs): every
-//! answer names the clone, and `GET /healthz` answers `ok`.
+//! answer names the clone and its version, every answer (`GET /healthz` too, which
+//! answers `ok`) carries the version in [`VERSION_HEADER`], and the demo balancer tracks
+//! it (`[health] version_header`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,8 +59,14 @@ async fn clone_answer(
     if let Ok(v) = name.parse() {
         resp.headers_mut().insert("x-clone", v);
     }
+    if let Ok(v) = version.parse() {
+        resp.headers_mut().insert(VERSION_HEADER, v);
+    }
     Ok(resp)
 }
+
+/// The header the demo clones report their version in.
+pub const VERSION_HEADER: &str = "x-clone-version";
 
 /// The balancer's address when `demo` is given none (any free port when it is taken).
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -126,7 +134,10 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
         listen: ListenConfig::http(http),
         balancer: BalancerConfig::default(),
         proxy: ProxyConfig::default(),
-        health: Some(HealthConfig::default()),
+        health: Some(HealthConfig {
+            version_header: Some(VERSION_HEADER.to_string()),
+            ..HealthConfig::default()
+        }),
         limits: Default::default(),
         reload: Default::default(),
         admin: Some(AdminConfig {
@@ -134,6 +145,7 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
             token: None,
         }),
         log: Default::default(),
+        deploy: Default::default(),
         error_pages: Default::default(),
         backends,
     };

@@ -31,10 +31,12 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, BackendState};
 use crate::config::HealthConfig;
+use crate::deploy::{self, VersionId, Versions};
 use crate::stats::LastCheck;
 use crate::table::Policy;
 
@@ -114,8 +116,15 @@ pub enum CheckFailure {
     Http(#[source] hyper::Error),
 }
 
-/// One check: connect, `GET path`, read the status line, all within `timeout`.
-pub async fn probe(address: SocketAddr, cfg: &HealthConfig) -> Result<StatusCode, CheckFailure> {
+/// A passed check: its status and, with `[health] version_header`, that header's value.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub status: StatusCode,
+    pub version: Option<HeaderValue>,
+}
+
+/// One check: connect, `GET path`, read the response head, all within `timeout`.
+pub async fn probe(address: SocketAddr, cfg: &HealthConfig) -> Result<Checked, CheckFailure> {
     let host = match &cfg.host {
         Some(h) => HeaderValue::from_str(h).ok(),
         None => HeaderValue::from_str(&address.to_string()).ok(),
@@ -138,14 +147,21 @@ pub async fn probe(address: SocketAddr, cfg: &HealthConfig) -> Result<StatusCode
         }
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        let resp = sender.send_request(req).await.map_err(CheckFailure::Http)?;
+        let mut resp = sender.send_request(req).await.map_err(CheckFailure::Http)?;
         // The body is not needed; dropping the connection closes it.
         conn.abort();
-        Ok(resp.status())
+        let version = match &cfg.version_header {
+            Some(name) => resp.headers_mut().remove(name.as_str()),
+            None => None,
+        };
+        Ok(Checked {
+            status: resp.status(),
+            version,
+        })
     };
     match tokio::time::timeout(cfg.timeout, exchange).await {
-        Ok(Ok(status)) if cfg.expect_status.contains(status.as_u16()) => Ok(status),
-        Ok(Ok(status)) => Err(CheckFailure::Status(status)),
+        Ok(Ok(c)) if cfg.expect_status.contains(c.status.as_u16()) => Ok(c),
+        Ok(Ok(c)) => Err(CheckFailure::Status(c.status)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(CheckFailure::Timeout(cfg.timeout)),
     }
@@ -153,9 +169,9 @@ pub async fn probe(address: SocketAddr, cfg: &HealthConfig) -> Result<StatusCode
 
 /// A check's outcome in a few words, for [`LastCheck::detail`]: `status 200`,
 /// `status 500`, `timeout after 1s`, `connection refused or reset`, `bad response`.
-pub fn check_detail(outcome: &Result<StatusCode, CheckFailure>) -> String {
+pub fn check_detail(outcome: Result<StatusCode, &CheckFailure>) -> String {
     match outcome {
-        Ok(status) | Err(CheckFailure::Status(status)) => format!("status {}", status.as_u16()),
+        Ok(status) | Err(&CheckFailure::Status(status)) => format!("status {}", status.as_u16()),
         Err(CheckFailure::Timeout(t)) => {
             format!("timeout after {}", humantime::format_duration(*t))
         }
@@ -172,19 +188,39 @@ fn jittered(interval: Duration, rng: &mut impl Rng) -> Duration {
     interval.mul_f64(f)
 }
 
-/// Check one clone forever (until the task is aborted).
-pub async fn check_loop(state: Arc<BackendState>, cfg: Arc<HealthConfig>) {
+/// What the checkers share with the deploy task: where versions are interned, and a
+/// bell rung whenever a clone's version or health changed.
+#[derive(Debug, Clone, Default)]
+pub struct CheckHooks {
+    pub versions: Arc<Versions>,
+    pub changed: Arc<Notify>,
+}
+
+/// Check one clone forever (until the task is aborted). `now` cuts a wait short (an
+/// enabled clone is checked at once).
+pub async fn check_loop(
+    state: Arc<BackendState>,
+    cfg: Arc<HealthConfig>,
+    hooks: CheckHooks,
+    now: Arc<Notify>,
+) {
     let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
     let mut counter = HealthCounter::new(
         !state.is_down(),
         cfg.healthy_threshold,
         cfg.unhealthy_threshold,
     );
-    // Spread the first checks of many clones over one interval.
-    let first = cfg
-        .interval
-        .mul_f64(rng.next_u32() as f64 / u32::MAX as f64);
-    tokio::time::sleep(first).await;
+    // Spread the first checks of many clones over one interval; with versions tracked,
+    // every clone's version is wanted at once (an atomic-mode election waits for them).
+    if cfg.version_header.is_none() {
+        let first = cfg
+            .interval
+            .mul_f64(rng.next_u32() as f64 / u32::MAX as f64);
+        wait(first, &now).await;
+    }
+    // Why the last version header was not a version (logged once per clone until a good
+    // one comes).
+    let mut bad_version: Option<&'static str> = None;
     loop {
         if counter.is_up() && state.is_down() {
             counter.force_down();
@@ -193,9 +229,10 @@ pub async fn check_loop(state: Arc<BackendState>, cfg: Arc<HealthConfig>) {
         state.record_check(LastCheck {
             at: SystemTime::now(),
             ok: outcome.is_ok(),
-            detail: check_detail(&outcome),
+            detail: check_detail(outcome.as_ref().map(|c| c.status)),
         });
-        match (counter.record(outcome.is_ok()), &outcome) {
+        let transition = counter.record(outcome.is_ok());
+        match (transition, &outcome) {
             (Some(Transition::Up), _) => {
                 readmit(&state, 0);
                 tracing::info!(clone = %state.name(), address = %state.address(), "clone up: health checks pass");
@@ -206,7 +243,56 @@ pub async fn check_loop(state: Arc<BackendState>, cfg: Arc<HealthConfig>) {
             }
             _ => {}
         }
-        tokio::time::sleep(jittered(cfg.interval, &mut rng)).await;
+        let version = match (&outcome, counter.is_up()) {
+            // Every passing check of an up clone says its version; a failed one (not yet
+            // enough to take it down) leaves it; a down clone has none.
+            (Ok(checked), true) if cfg.version_header.is_some() => {
+                version_of(&state, checked, &hooks.versions, &mut bad_version)
+            }
+            (Err(_), true) => state.version(),
+            _ => 0,
+        };
+        let changed = state.set_version(version) != version;
+        if changed || transition.is_some() {
+            hooks.changed.notify_one();
+        }
+        wait(jittered(cfg.interval, &mut rng), &now).await;
+    }
+}
+
+/// Sleep `d`, or less when `now` rings.
+async fn wait(d: Duration, now: &Notify) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = now.notified() => {}
+    }
+}
+
+/// The version id a passing check reported (0 when the header is missing or not a
+/// version; why is logged once per clone).
+fn version_of(
+    state: &BackendState,
+    checked: &Checked,
+    versions: &Versions,
+    bad: &mut Option<&'static str>,
+) -> VersionId {
+    let why = match &checked.version {
+        None => Some("missing"),
+        Some(v) => deploy::invalid_version(v.as_bytes()),
+    };
+    match (why, &checked.version) {
+        (None, Some(v)) => {
+            *bad = None;
+            // Visible ASCII (checked above), so `to_str` cannot fail.
+            v.to_str().map_or(0, |text| versions.intern(text))
+        }
+        (Some(why), _) => {
+            if bad.replace(why) != Some(why) {
+                tracing::warn!(clone = %state.name(), address = %state.address(), reason = why, "clone version unknown: its health check's version header is {why}");
+            }
+            0
+        }
+        (None, None) => 0,
     }
 }
 
@@ -288,10 +374,35 @@ fn readmit(state: &BackendState, run: u32) {
 #[derive(Default)]
 pub struct HealthChecks {
     config: Option<Arc<HealthConfig>>,
-    tasks: HashMap<SocketAddr, (Arc<BackendState>, JoinHandle<()>)>,
+    hooks: CheckHooks,
+    tasks: HashMap<SocketAddr, Checker>,
+}
+
+/// One clone's checker: its state, its task, and the bell that makes it check now.
+struct Checker {
+    state: Arc<BackendState>,
+    task: JoinHandle<()>,
+    now: Arc<Notify>,
 }
 
 impl HealthChecks {
+    /// Checkers that intern versions in, and ring, `hooks`.
+    pub fn new(hooks: CheckHooks) -> Self {
+        HealthChecks {
+            config: None,
+            hooks,
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// Check the clone at `address` now rather than at its next interval (an enabled
+    /// clone's version is wanted at once).
+    pub fn check_now(&self, address: SocketAddr) {
+        if let Some(c) = self.tasks.get(&address) {
+            c.now.notify_one();
+        }
+    }
+
     /// Start a checker for every clone in `clones` that has none, stop those of clones no
     /// longer listed, and restart all of them if the health settings changed. A clone's
     /// checker is tied to its state: a new state for the same address gets a new checker.
@@ -309,26 +420,36 @@ impl HealthChecks {
             return;
         };
         let wanted: HashMap<SocketAddr, &Backend> = clones.iter().map(|b| (b.address, b)).collect();
-        self.tasks.retain(|addr, (state, task)| {
+        self.tasks.retain(|addr, c| {
             let keep = wanted
                 .get(addr)
-                .is_some_and(|b| Arc::ptr_eq(&b.state, state));
+                .is_some_and(|b| Arc::ptr_eq(&b.state, &c.state));
             if !keep {
-                task.abort();
+                c.task.abort();
             }
             keep
         });
         for b in clones {
             self.tasks.entry(b.address).or_insert_with(|| {
-                let task = rt.spawn(check_loop(Arc::clone(&b.state), Arc::clone(&cfg)));
-                (Arc::clone(&b.state), task)
+                let now = Arc::new(Notify::new());
+                let task = rt.spawn(check_loop(
+                    Arc::clone(&b.state),
+                    Arc::clone(&cfg),
+                    self.hooks.clone(),
+                    Arc::clone(&now),
+                ));
+                Checker {
+                    state: Arc::clone(&b.state),
+                    task,
+                    now,
+                }
             });
         }
     }
 
     pub fn stop_all(&mut self) {
-        for (_, (_, task)) in self.tasks.drain() {
-            task.abort();
+        for (_, c) in self.tasks.drain() {
+            c.task.abort();
         }
     }
 }
@@ -429,7 +550,7 @@ mod tests {
 
     #[test]
     fn check_details_are_short() {
-        let detail = |o| check_detail(&o);
+        let detail = |o: Result<StatusCode, CheckFailure>| check_detail(o.as_ref().map(|s| *s));
         assert_eq!(detail(Ok(StatusCode::OK)), "status 200");
         assert_eq!(
             detail(Err(CheckFailure::Status(StatusCode::INTERNAL_SERVER_ERROR))),

@@ -64,6 +64,7 @@ pub mod config;
 pub mod context;
 pub mod control;
 pub mod demo;
+pub mod deploy;
 pub mod error;
 pub mod error_pages;
 pub mod forward;

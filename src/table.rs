@@ -17,6 +17,7 @@ use rand::Rng;
 
 use crate::backend::{Backend, BackendState};
 use crate::config::{AccessFormat, Config, LimitsConfig, ProxyConfig};
+use crate::deploy::{DeployGate, VersionId};
 use crate::error_pages::ErrorPages;
 use crate::strategy::{Candidates, Picker, Strategy};
 
@@ -35,6 +36,9 @@ pub struct RoutingTable {
     config: Arc<Config>,
     /// `[error_pages]`, read when the config was loaded (none by default).
     error_pages: Arc<ErrorPages>,
+    /// The deploy gate: which version new requests go to (shared by every table; its own
+    /// until [`RoutingTable::with_gate`], which routes to every up clone).
+    gate: Arc<DeployGate>,
 }
 
 /// What one request needs to know about failures, copied out of the table per request.
@@ -102,7 +106,14 @@ impl RoutingTable {
             },
             config: Arc::new(config.clone()),
             error_pages: Arc::default(),
+            gate: Arc::default(),
         }
+    }
+
+    /// The same table behind `gate` (the control plane's, shared by every table).
+    pub fn with_gate(mut self, gate: Arc<DeployGate>) -> RoutingTable {
+        self.gate = gate;
+        self
     }
 
     /// The same table serving `pages` for clonelb's own answers.
@@ -117,7 +128,8 @@ impl RoutingTable {
     }
 
     /// A clone for a retry: available and not one of `tried`. Tries the strategy first (so
-    /// retries follow it too), then any available clone not tried yet.
+    /// retries follow it too), then any available clone not tried yet (of the active
+    /// version, else of the fallback one, in atomic mode).
     pub fn pick_excluding<R: Rng + ?Sized>(
         &self,
         rng: &mut R,
@@ -129,9 +141,19 @@ impl RoutingTable {
                 return Some(b);
             }
         }
-        self.backends
-            .iter()
-            .find(|b| b.is_available() && !tried.contains(&b.address))
+        let untried = |version: VersionId| {
+            self.backends.iter().find(move |b| {
+                b.is_available()
+                    && (version == 0 || b.state.version() == version)
+                    && !tried.contains(&b.address)
+            })
+        };
+        let active = self.gate.active();
+        untried(active).or_else(|| match self.gate.fallback() {
+            0 => None,
+            fallback if active != 0 => untried(fallback),
+            _ => None,
+        })
     }
 
     pub fn policy(&self) -> &Policy {
@@ -139,12 +161,38 @@ impl RoutingTable {
     }
 
     /// The clone for the next request, or `None` when none is available. No lock, no
-    /// allocation.
+    /// allocation. In atomic deploy mode only clones of the gate's active version are
+    /// available (and, when none of them is, those of its fallback version); otherwise
+    /// this costs one atomic load more than the strategy.
     #[inline]
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<&Backend> {
-        self.picker
-            .pick(&self.backends[..], rng)
-            .and_then(|i| self.backends.get(i))
+        let active = self.gate.active();
+        let i = if active == 0 {
+            self.picker.pick(&self.backends[..], rng)
+        } else {
+            self.pick_version(active, rng)
+        };
+        i.and_then(|i| self.backends.get(i))
+    }
+
+    /// Atomic mode: a clone of `active`, else of the fallback version.
+    fn pick_version<R: Rng + ?Sized>(&self, active: VersionId, rng: &mut R) -> Option<usize> {
+        let of = |version| OfVersion {
+            clones: &self.backends,
+            version,
+        };
+        self.picker.pick(&of(active), rng).or_else(|| {
+            let fallback = self.gate.fallback();
+            if fallback == 0 {
+                return None;
+            }
+            self.picker.pick(&of(fallback), rng)
+        })
+    }
+
+    /// The deploy gate this table routes by.
+    pub fn gate(&self) -> &Arc<DeployGate> {
+        &self.gate
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -189,6 +237,33 @@ impl Candidates for [Backend] {
     #[inline]
     fn weight(&self, i: usize) -> u32 {
         self[i].weight
+    }
+}
+
+/// The clones of one version as a strategy sees them (atomic deploy mode): a clone of
+/// another version, or of none known, is not available.
+struct OfVersion<'a> {
+    clones: &'a [Backend],
+    version: VersionId,
+}
+
+impl Candidates for OfVersion<'_> {
+    #[inline]
+    fn count(&self) -> usize {
+        self.clones.len()
+    }
+    #[inline]
+    fn available(&self, i: usize) -> bool {
+        let b = &self.clones[i];
+        b.is_available() && b.state.version() == self.version
+    }
+    #[inline]
+    fn load(&self, i: usize) -> usize {
+        self.clones[i].state.in_flight()
+    }
+    #[inline]
+    fn weight(&self, i: usize) -> u32 {
+        self.clones[i].weight
     }
 }
 

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::control::{CloneStatus, Status};
+use crate::config::Choice;
+use crate::control::{CloneStatus, DeployStatus, Status};
 
 /// RFC 3339, UTC, whole seconds: `2026-12-03T10:00:00Z`.
 pub(super) fn rfc3339(t: SystemTime) -> String {
@@ -23,6 +24,29 @@ pub(super) fn status(s: &Status, path: Option<PathBuf>) -> Value {
         },
         "strategy": s.strategy.as_str(),
         "backends": s.backends.iter().map(clone_entry).collect::<Vec<_>>(),
+        "deploy": deploy(&s.deploy),
+    })
+}
+
+/// The `deploy` object of `/status` (also the answer to a pin or an unpin).
+pub(super) fn deploy(d: &DeployStatus) -> Value {
+    let versions: serde_json::Map<String, Value> = d
+        .versions
+        .iter()
+        .map(|(v, c)| (v.to_string(), json!({"up": c.up, "total": c.total})))
+        .collect();
+    json!({
+        "active": d.active.as_deref(),
+        "versions": versions,
+        "mode": d.mode.as_str(),
+        "cutover_at": d.cutover_at.to_string(),
+        "pinned": d.pinned.as_deref(),
+        "fallback": d.fallback.as_ref().map(|f| json!({
+            "from": &*f.from,
+            "since": rfc3339(f.since),
+        })),
+        "fallbacks_total": d.fallbacks_total,
+        "skew": d.skew,
     })
 }
 
@@ -33,6 +57,7 @@ pub(super) fn clone_entry(c: &CloneStatus) -> Value {
         "address": c.address.to_string(),
         "weight": c.weight,
         "state": c.state.as_str(),
+        "version": c.version.as_deref(),
         "in_flight": c.in_flight,
         "requests_total": c.counters.requests,
         "failures_total": c.counters.failures,

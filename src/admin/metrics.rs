@@ -129,6 +129,30 @@ pub(super) fn render(s: &Status) -> Result<String, String> {
         MetricType::COUNTER,
         vec![counter(&[], process.access_log_write_errors)],
     ));
+    families.push(family(
+        "clonelb_backend_info",
+        "1 for each clone with the code version its last passing health check reported (clones of unknown version are not listed).",
+        MetricType::GAUGE,
+        s.backends
+            .iter()
+            .filter_map(|c| {
+                let v = c.version.as_deref()?;
+                Some(gauge(&[("backend", &c.name), ("version", v)], 1.0))
+            })
+            .collect(),
+    ));
+    families.push(family(
+        "clonelb_version_skew",
+        "Distinct code versions among clones that are up (not disabled, not draining); above 1 during a rolling deploy.",
+        MetricType::GAUGE,
+        vec![gauge(&[], s.deploy.skew as f64)],
+    ));
+    families.push(family(
+        "clonelb_deploy_fallbacks_total",
+        "Times the active version had no clone up and requests fell back to another version (atomic deploy mode).",
+        MetricType::COUNTER,
+        vec![counter(&[], s.deploy.fallbacks_total)],
+    ));
 
     // A family with no series (no clones) cannot be written: leave it out.
     families.retain(|f| !f.get_metric().is_empty());

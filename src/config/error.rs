@@ -98,6 +98,14 @@ pub enum ConfigError {
     },
     #[error("warning: no [[backend]] entries: every request will be answered 503")]
     NoBackends,
+    #[error("invalid header name \"{value}\" for `{key}`")]
+    BadHeaderName { key: &'static str, value: String },
+    #[error("`mode = \"atomic\"` needs `version_header` in [health] (the clones' versions come from their health checks)")]
+    AtomicWithoutVersionHeader,
+    #[error("invalid `cutover_at` {value}: {reason}")]
+    BadCutover { value: String, reason: String },
+    #[error("warning: `cutover_at` = {count} is more than the {clones} clones in lb.toml: no version can cut over until more clones are added")]
+    CutoverAboveClones { count: u32, clones: usize },
     #[error("cannot read: {0}")]
     Io(String),
     #[error("`{key}` is not a status clonelb answers itself (error pages exist for 400, 408, 413, 414, 502, 503, 504)")]
@@ -118,7 +126,10 @@ fn hint(suggestion: &Option<&'static str>) -> String {
 impl ConfigError {
     /// Warnings are reported but do not make a file invalid.
     pub fn is_warning(&self) -> bool {
-        matches!(self, ConfigError::NoBackends)
+        matches!(
+            self,
+            ConfigError::NoBackends | ConfigError::CutoverAboveClones { .. }
+        )
     }
 }
 

@@ -38,13 +38,13 @@ mod walker;
 
 pub use self::error::{format_diagnostic, ConfigError, Diagnostic, LoadError};
 pub use self::schema::{
-    AdminConfig, BackendConfig, BalancerConfig, Config, HealthConfig, LimitsConfig, ListenConfig,
-    LogConfig, ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT,
-    MIN_HEADER_SIZE,
+    AdminConfig, BackendConfig, BalancerConfig, Config, DeployConfig, HealthConfig, LimitsConfig,
+    ListenConfig, LogConfig, ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES,
+    MAX_WEIGHT, MIN_HEADER_SIZE,
 };
 pub use self::values::{
-    page_content_type, parse_address, parse_duration, parse_size, AccessFormat, Choice, LogFormat,
-    Secret, StatusRanges, ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
+    page_content_type, parse_address, parse_duration, parse_size, AccessFormat, Choice, CutoverAt,
+    DeployMode, LogFormat, Secret, StatusRanges, ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
 };
 pub use crate::strategy::StrategyKind;
 use walker::Walker;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::section::section;
-use super::values::{AccessFormat, LogFormat, Secret, StatusRanges};
+use super::values::{AccessFormat, CutoverAt, DeployMode, LogFormat, Secret, StatusRanges};
 use crate::strategy::StrategyKind;
 
 /// hyper cannot read request heads with a buffer under 8 KiB.
@@ -143,6 +143,22 @@ section! {
         start_unhealthy: bool = false => boolean,
         /// Count 5xx answers to real requests as failures towards passive ejection.
         eject_on_5xx: bool = false => boolean,
+        /// The response header of a check that carries the clone's code version (e.g.
+        /// `"x-clone-version"`). Unset: clonelb does not track versions.
+        version_header: Option<String> = None => header_name,
+    }
+}
+
+section! {
+    /// `[deploy]`: how a new code version takes over (needs `[health] version_header`
+    /// for `"atomic"`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    pub struct DeployConfig in "[deploy]" with Default {
+        /// `"mixed"`: every up clone gets requests; `"atomic"`: only the active version's.
+        mode: DeployMode = DeployMode::Mixed => choice,
+        /// Up clones a new version needs to become active: a count or `"N%"` of the
+        /// clones, rounded up.
+        cutover_at: CutoverAt = CutoverAt::Share(50) => cutover,
     }
 }
 
@@ -214,6 +230,7 @@ pub struct Config {
     /// `None` when `[admin]` is absent: no admin listener.
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    pub deploy: DeployConfig,
     /// `[error_pages]`: status → file (relative paths joined to lb.toml's folder) served
     /// instead of clonelb's own text for that status. Only the paths: the files are read
     /// by `error_pages` when the file is loaded.

@@ -18,7 +18,8 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::schema::MAX_WEIGHT;
 use super::values::{
-    parse_address, parse_duration, parse_size, Choice, Secret, StatusRanges, MAX_DURATION,
+    parse_address, parse_duration, parse_size, Choice, CutoverAt, Secret, StatusRanges,
+    MAX_DURATION,
 };
 use super::walker::{find, Walker};
 use crate::strategy::StrategyKind;
@@ -126,6 +127,64 @@ impl Walker<'_> {
     pub(super) fn text(&mut self, table: &DeTable<'_>, key: &str, slot: &mut String) {
         if let Some((s, _)) = self.string(table, key) {
             *slot = s.to_string();
+        }
+    }
+
+    /// An HTTP header name (stored lowercase), `None` when absent.
+    pub(super) fn header_name(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &'static str,
+        slot: &mut Option<String>,
+    ) {
+        if let Some((s, span)) = self.string(table, key) {
+            match http::HeaderName::from_bytes(s.as_bytes()) {
+                Ok(name) => *slot = Some(name.as_str().to_string()),
+                Err(_) => self.report(
+                    span,
+                    ConfigError::BadHeaderName {
+                        key,
+                        value: s.to_string(),
+                    },
+                ),
+            }
+        }
+    }
+
+    /// `[deploy] cutover_at`: an integer ≥ 1, or a string `"N%"` with N in 1..=100.
+    pub(super) fn cutover(&mut self, table: &DeTable<'_>, key: &'static str, slot: &mut CutoverAt) {
+        let Some((k, v)) = find(table, key) else {
+            return;
+        };
+        let span = v.span();
+        if let Some(s) = v.get_ref().as_str() {
+            match CutoverAt::parse_share(s) {
+                Ok(c) => *slot = c,
+                Err(reason) => self.report(
+                    span,
+                    ConfigError::BadCutover {
+                        value: format!("\"{s}\""),
+                        reason: reason.to_string(),
+                    },
+                ),
+            }
+            return;
+        }
+        if v.get_ref().as_integer().is_none() {
+            self.wrong_type(k, v, "an integer or a string \"N%\"");
+            return;
+        }
+        if let Some((n, span)) = self.integer(table, key) {
+            match u32::try_from(n) {
+                Ok(c) if c >= 1 => *slot = CutoverAt::Count(c),
+                _ => self.report(
+                    span,
+                    ConfigError::BadCutover {
+                        value: n.to_string(),
+                        reason: "a count is at least 1".to_string(),
+                    },
+                ),
+            }
         }
     }
 

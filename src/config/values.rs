@@ -212,3 +212,70 @@ impl Choice for LogFormat {
         }
     }
 }
+
+/// `[deploy] mode`: route to every up clone (`"mixed"`), or only to up clones of the
+/// active version (`"atomic"`, needs `[health] version_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployMode {
+    #[default]
+    Mixed,
+    Atomic,
+}
+
+impl Choice for DeployMode {
+    const ALL: &'static [Self] = &[DeployMode::Mixed, DeployMode::Atomic];
+    fn as_str(self) -> &'static str {
+        match self {
+            DeployMode::Mixed => "mixed",
+            DeployMode::Atomic => "atomic",
+        }
+    }
+}
+
+/// `[deploy] cutover_at`: up clones a new version needs to become active: a count (≥ 1)
+/// or a share `"N%"` (1..=100) of the routing table's clones, rounded up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum CutoverAt {
+    Count(u32),
+    /// Percent, 1..=100.
+    Share(u32),
+}
+
+impl Default for CutoverAt {
+    fn default() -> Self {
+        CutoverAt::Share(50)
+    }
+}
+
+impl CutoverAt {
+    /// Up clones needed with `clones` in the routing table (at least 1).
+    pub fn threshold(self, clones: usize) -> usize {
+        match self {
+            CutoverAt::Count(n) => n as usize,
+            CutoverAt::Share(p) => (clones * p as usize).div_ceil(100),
+        }
+        .max(1)
+    }
+
+    /// `"N%"` with N in 1..=100.
+    pub fn parse_share(s: &str) -> Result<Self, &'static str> {
+        let n = s
+            .strip_suffix('%')
+            .ok_or("a share ends in '%' (or give a count: an integer)")?;
+        match n.trim().parse::<u32>() {
+            Ok(p) if (1..=100).contains(&p) => Ok(CutoverAt::Share(p)),
+            Ok(_) => Err("a share is 1% to 100%"),
+            Err(_) => Err("expected \"N%\" with N a whole number"),
+        }
+    }
+}
+
+impl std::fmt::Display for CutoverAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutoverAt::Count(n) => write!(f, "{n}"),
+            CutoverAt::Share(p) => write!(f, "{p}%"),
+        }
+    }
+}

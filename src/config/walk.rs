@@ -16,7 +16,7 @@ use toml::de::DeTable;
 use super::error::ConfigError;
 use super::schema::*;
 use super::section::Section;
-use super::values::{page_content_type, ERROR_PAGE_STATUSES};
+use super::values::{page_content_type, CutoverAt, DeployMode, ERROR_PAGE_STATUSES};
 use super::walker::{find, Walker};
 
 /// The top-level tables; each is declared in `schema.rs` (`backend` is `[[backend]]`).
@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "reload",
     "admin",
     "log",
+    "deploy",
     "error_pages",
     "backend",
 ];
@@ -58,6 +59,7 @@ impl Walker<'_> {
         let health = self.table(root, "health").map(|(t, _)| self.health(t));
         let reload = self.optional(root, "reload");
         let log = self.optional(root, "log");
+        let deploy = self.deploy(root, health.as_ref());
         let admin = self
             .table(root, "admin")
             .map(|(t, span)| self.admin(t, span));
@@ -66,6 +68,17 @@ impl Walker<'_> {
             None => BTreeMap::new(),
         };
         let backends = self.backends(root);
+        if let CutoverAt::Count(count) = deploy.cutover_at {
+            // A count is only there when [deploy] is a valid table (else the default).
+            let at = self
+                .table(root, "deploy")
+                .and_then(|(t, _)| find(t, "cutover_at"))
+                .map(|(_, v)| v.span());
+            if let (Some(span), true) = (at, count as usize > backends.len()) {
+                let clones = backends.len();
+                self.report(span, ConfigError::CutoverAboveClones { count, clones });
+            }
+        }
         Config {
             listen,
             balancer,
@@ -75,9 +88,25 @@ impl Walker<'_> {
             reload,
             admin,
             log,
+            deploy,
             error_pages,
             backends,
         }
+    }
+
+    /// `[deploy]`: `"atomic"` needs `[health] version_header` (reported at `mode`).
+    fn deploy(&mut self, root: &DeTable<'_>, health: Option<&HealthConfig>) -> DeployConfig {
+        let Some((t, _)) = self.table(root, "deploy") else {
+            return DeployConfig::defaults();
+        };
+        let deploy: DeployConfig = self.read(t);
+        let has_header = health.is_some_and(|h| h.version_header.is_some());
+        if deploy.mode == DeployMode::Atomic && !has_header {
+            if let Some((_, v)) = find(t, "mode") {
+                self.report(v.span(), ConfigError::AtomicWithoutVersionHeader);
+            }
+        }
+        deploy
     }
 
     /// `[error_pages]`: each key a status clonelb answers itself, each value a file whose

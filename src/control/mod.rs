@@ -19,6 +19,7 @@
 //! checker tasks. Must not touch: files (reload reads them), sockets of the request path,
 //! per-request state.
 
+mod deploy;
 mod history;
 mod restart_only;
 pub mod runtime;
@@ -47,6 +48,7 @@ use restart_only::keep_restart_only_settings;
 pub use crate::stats::{
     ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
 };
+pub use deploy::{DeployStatus, Fallback, PinError, VersionCount};
 pub use status::{CloneState, CloneStatus, Counters, Status};
 pub use steer::Drain;
 
@@ -100,6 +102,8 @@ pub struct ControlState {
     history: Mutex<History>,
     /// The access log (configured by every publish, reopened by every reload).
     access: Arc<AccessLog>,
+    /// Versions, the deploy gate and its task.
+    deploy: Arc<deploy::DeployControl>,
 }
 
 struct Inner {
@@ -133,10 +137,12 @@ impl ControlState {
         let process = Arc::new(ProcessStats::new());
         let access = Arc::new(AccessLog::new(Arc::clone(&process)));
         access.configure(access_log::Settings::of(&inputs.config.log));
+        let deploy = Arc::new(deploy::DeployControl::default());
         let state = Arc::new(ControlState {
             table: Arc::new(ArcSwap::from_pointee(
                 RoutingTable::build(&inputs.config, None)
-                    .with_error_pages(Arc::clone(&inputs.error_pages)),
+                    .with_error_pages(Arc::clone(&inputs.error_pages))
+                    .with_gate(Arc::clone(deploy.gate())),
             )),
             tls: Arc::new(ArcSwapOption::new(inputs.tls)),
             rt,
@@ -148,12 +154,18 @@ impl ControlState {
                 loaded_at: SystemTime::now(),
                 last_error: None,
                 draining: Vec::new(),
-                health: HealthChecks::default(),
+                health: HealthChecks::new(deploy.hooks()),
             }),
             process,
             history: Mutex::new(History::default()),
             access,
+            deploy,
         });
+        state.deploy.configure(&inputs.config, &state.table);
+        state.rt.spawn(deploy::DeployControl::run(
+            Arc::downgrade(&state.deploy),
+            Arc::downgrade(&state.table),
+        ));
         {
             let mut inner = state.lock();
             state.sync_health(&mut inner);
@@ -277,7 +289,8 @@ impl ControlState {
                 .or_else(|| draining.get(&addr).copied())
                 .map(|b| Arc::clone(&b.state))
         })
-        .with_error_pages(error_pages);
+        .with_error_pages(error_pages)
+        .with_gate(Arc::clone(self.deploy.gate()));
         drop(draining);
         let mut added: Vec<&str> = Vec::new();
         let mut changed: Vec<&str> = Vec::new();
@@ -322,6 +335,7 @@ impl ControlState {
         let new = Arc::new(new);
         let drain_timeout = new.proxy().drain_timeout;
         self.table.store(new);
+        self.deploy.configure(&config, &self.table);
 
         let deadline = Instant::now() + drain_timeout;
         for b in &removed {
@@ -364,14 +378,15 @@ impl ControlState {
         let inner = self.lock();
         let history = self.history_lock();
         let table = self.table.load();
+        let versions = (&**self.deploy.versions(), self.deploy.gate().active());
         let mut backends: Vec<CloneStatus> = table
             .backends()
             .iter()
-            .map(|b| CloneStatus::of(&b.name, b.weight, &b.state, false, &history))
+            .map(|b| CloneStatus::of(&b.name, b.weight, &b.state, false, &history, versions))
             .collect();
         backends.extend(inner.draining.iter().map(|d| {
             let b = &d.backend;
-            CloneStatus::of(&b.name, b.weight, &b.state, true, &history)
+            CloneStatus::of(&b.name, b.weight, &b.state, true, &history, versions)
         }));
         Status {
             generation: inner.generation,
@@ -380,7 +395,14 @@ impl ControlState {
             strategy: table.picker().kind(),
             backends,
             process: self.process.snapshot(),
+            deploy: self.deploy.status(table.backends()),
         }
+    }
+
+    /// Pin the active version (`Some`), or unpin: the `deploy` object after it.
+    pub fn pin(&self, version: Option<&str>) -> Result<DeployStatus, PinError> {
+        self.deploy.pin(version, &self.table)?;
+        Ok(self.deploy.status(self.table.load().backends()))
     }
 
     /// Checkers follow the table and the drain list: a removed clone is checked until it

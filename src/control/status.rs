@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::deploy::DeployStatus;
 use super::history::History;
 use crate::backend::{BackendState, STATUS_CLASSES};
+use crate::deploy::{VersionId, Versions};
 use crate::stats::{
     ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
 };
@@ -28,6 +30,8 @@ pub struct Status {
     /// The balancer's own counters: requests answered without any clone
     /// (`backend="none"`), open client connections, reloads.
     pub process: ProcessSnapshot,
+    /// Versions and the deploy mode (`deploy` in `/status`).
+    pub deploy: DeployStatus,
 }
 
 impl Status {
@@ -51,6 +55,9 @@ pub struct CloneStatus {
     pub address: SocketAddr,
     pub weight: u32,
     pub state: CloneState,
+    /// The code version its last passing check reported (`None`: unknown, or versions not
+    /// tracked).
+    pub version: Option<Arc<str>>,
     /// Failing its checks or passively ejected, whatever `state` shows first (a disabled
     /// clone may be down too).
     pub down: bool,
@@ -72,14 +79,16 @@ pub struct CloneStatus {
 }
 
 /// What a clone is doing, as one word. When several apply, the first of draining,
-/// disabled, down wins (a disabled clone that also fails its checks shows `disabled`:
-/// ops put it there, and it gets no traffic either way).
+/// disabled, down, standby wins (a disabled clone that also fails its checks shows
+/// `disabled`: ops put it there, and it gets no traffic either way). `standby`: up, but
+/// not of the active version in atomic deploy mode (no new requests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloneState {
     Up,
     Down,
     Draining,
     Disabled,
+    Standby,
 }
 
 impl CloneState {
@@ -89,16 +98,20 @@ impl CloneState {
             CloneState::Down => "down",
             CloneState::Draining => "draining",
             CloneState::Disabled => "disabled",
+            CloneState::Standby => "standby",
         }
     }
 
-    fn of(state: &BackendState, draining: bool) -> CloneState {
+    /// `active`: the deploy gate's active version (0: mixed routing).
+    fn of(state: &BackendState, draining: bool, active: VersionId) -> CloneState {
         if draining || state.is_draining() {
             CloneState::Draining
         } else if state.is_disabled() {
             CloneState::Disabled
         } else if state.is_down() {
             CloneState::Down
+        } else if active != 0 && state.version() != active {
+            CloneState::Standby
         } else {
             CloneState::Up
         }
@@ -134,6 +147,7 @@ impl CloneStatus {
         state: &BackendState,
         draining: bool,
         history: &History,
+        (versions, active): (&Versions, VersionId),
     ) -> CloneStatus {
         let responses = state.responses_by_class();
         let (last_minute, history) = history.view(state);
@@ -141,7 +155,8 @@ impl CloneStatus {
             name: Arc::clone(name),
             address: state.address(),
             weight,
-            state: CloneState::of(state, draining),
+            state: CloneState::of(state, draining, active),
+            version: versions.name(state.version()),
             down: state.is_down(),
             in_flight: state.in_flight(),
             counters: Counters {

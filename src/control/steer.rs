@@ -25,7 +25,17 @@ impl ControlState {
         let table = self.table.load();
         let b = table.backends().iter().find(|b| &*b.name == name)?;
         if b.state.is_disabled() != disabled {
+            if !disabled {
+                // Its code may have changed while it was out: no version until its next
+                // check, which runs now. A redeployed clone is never routed under the
+                // version it had before.
+                b.state.set_version(0);
+            }
             b.state.set_disabled(disabled);
+            if !disabled {
+                self.lock().health.check_now(b.address);
+            }
+            self.deploy.ring();
             tracing::info!(
                 clone = %b.name,
                 address = %b.address,
@@ -40,6 +50,7 @@ impl ControlState {
             &b.state,
             false,
             &self.history_lock(),
+            (&**self.deploy.versions(), self.deploy.gate().active()),
         ))
     }
 
