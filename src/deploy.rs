@@ -196,6 +196,8 @@ pub struct Machine {
     pinned: Option<VersionId>,
     /// The last `Clones` event.
     clones: Vec<CloneView>,
+    /// Up clones per known version in it, by id (a handful of entries).
+    up_counts: Vec<(VersionId, usize)>,
     /// Set when a fallback made the active version official; cleared by a cutover or pin.
     fell_back_from: Option<VersionId>,
     /// Versions replaced as active that still have an up clone: no cutover back to them.
@@ -225,13 +227,7 @@ impl Machine {
 
     /// Distinct versions among up clones (unknown not counted).
     pub fn skew(&self) -> usize {
-        let mut seen: Vec<VersionId> = Vec::new();
-        for c in self.clones.iter().filter(|c| c.up && c.version != 0) {
-            if !seen.contains(&c.version) {
-                seen.push(c.version);
-            }
-        }
-        seen.len()
+        self.up_counts.len()
     }
 
     /// Take one event; the change of active version it caused, if any.
@@ -251,6 +247,14 @@ impl Machine {
                 now
             }
             Event::Clones { clones, now } => {
+                self.up_counts.clear();
+                for c in clones.iter().filter(|c| c.up && c.version != 0) {
+                    match self.up_counts.iter_mut().find(|(v, _)| *v == c.version) {
+                        Some((_, n)) => *n += 1,
+                        None => self.up_counts.push((c.version, 1)),
+                    }
+                }
+                self.up_counts.sort_unstable();
                 self.clones = clones;
                 let gone: Vec<VersionId> = self
                     .retired
@@ -279,27 +283,20 @@ impl Machine {
 
     /// Up clones of `version`.
     fn up(&self, version: VersionId) -> usize {
-        self.clones
+        self.up_counts
             .iter()
-            .filter(|c| c.up && c.version == version)
-            .count()
+            .find(|(v, _)| *v == version)
+            .map_or(0, |&(_, n)| n)
     }
 
     /// The version with the most up clones among those `keep` accepts (ties: the lowest
     /// id, i.e. the one seen first), if any has one.
     fn most_up(&self, keep: impl Fn(VersionId) -> bool) -> Option<VersionId> {
+        // `up_counts` is sorted by id: a strict `>` keeps the lowest id of a tie.
         let mut best: Option<(usize, VersionId)> = None;
-        for c in self.clones.iter().filter(|c| c.up && c.version != 0) {
-            if !keep(c.version) {
-                continue;
-            }
-            let n = self.up(c.version);
-            let better = match best {
-                None => true,
-                Some((m, v)) => n > m || (n == m && c.version < v),
-            };
-            if better {
-                best = Some((n, c.version));
+        for &(v, n) in self.up_counts.iter().filter(|(v, _)| keep(*v)) {
+            if best.is_none_or(|(m, _)| n > m) {
+                best = Some((n, v));
             }
         }
         best.map(|(_, v)| v)
