@@ -61,9 +61,12 @@ pub struct BackendState {
     name: ArcSwap<Arc<str>>,
     flags: AtomicU8,
     /// The code version its last passing check reported: an id in the deploy
-    /// controller's `Versions` (0 = unknown). Written by the checker (and cleared by an
-    /// enable), read by the request path with one load.
-    version: AtomicU32,
+    /// controller's `Versions` (0 = unknown), in the low 32 bits; the high 32 count the
+    /// enables that cleared it, so a check that was already under way when the clone was
+    /// enabled (and may have been answered by the old code) cannot store its version
+    /// afterwards. Written by the checker and an enable, read by the request path with one
+    /// load.
+    version: AtomicU64,
     in_flight: AtomicUsize,
     /// Attempts sent to this clone (a retried request counts once per clone it tried).
     attempts: AtomicU64,
@@ -105,7 +108,7 @@ impl BackendState {
             host: host_value(address),
             name: ArcSwap::from_pointee(Arc::from(address.to_string())),
             flags: AtomicU8::new(0),
-            version: AtomicU32::new(0),
+            version: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             attempts: AtomicU64::new(0),
             responses: Default::default(),
@@ -153,12 +156,41 @@ impl BackendState {
     /// The version id its checks report (0 = unknown).
     #[inline]
     pub fn version(&self) -> u32 {
-        self.version.load(Relaxed)
+        self.version.load(Relaxed) as u32
     }
 
     /// Store the version id; returns the one before.
     pub fn set_version(&self, id: u32) -> u32 {
-        self.version.swap(id, Relaxed)
+        let before = self
+            .version
+            .fetch_update(Relaxed, Relaxed, |v| Some((v & !0xffff_ffff) | id as u64));
+        // `fetch_update` with a closure that always returns `Some` cannot fail.
+        before.unwrap_or_else(|v| v) as u32
+    }
+
+    /// The version as a check starts: pass it to [`BackendState::set_version_from`].
+    pub fn version_stamp(&self) -> u64 {
+        self.version.load(Relaxed)
+    }
+
+    /// Store the version id a check that started at `stamp` found, unless the clone was
+    /// enabled since (its code may have changed under that check). Returns the id before,
+    /// or `None` when the check came too late to count.
+    pub fn set_version_from(&self, stamp: u64, id: u32) -> Option<u32> {
+        let new = (stamp & !0xffff_ffff) | id as u64;
+        match self.version.compare_exchange(stamp, new, Relaxed, Relaxed) {
+            Ok(before) => Some(before as u32),
+            Err(now) if now >> 32 == stamp >> 32 => Some(self.set_version(id)),
+            Err(_) => None,
+        }
+    }
+
+    /// Forget the version (an enable: its code may have changed while it was out), and
+    /// make any check already under way too late to set it.
+    pub fn clear_version(&self) {
+        let _ = self.version.fetch_update(Relaxed, Relaxed, |v| {
+            Some(((v >> 32).wrapping_add(1) & 0xffff_ffff) << 32)
+        });
     }
 
     pub fn is_down(&self) -> bool {
@@ -419,6 +451,26 @@ mod tests {
         assert_eq!((s.in_flight(), s.attempts_total()), (0, 2));
         // Attempts are not answers: nothing was recorded yet.
         assert_eq!(s.requests_total(), 0);
+    }
+
+    #[test]
+    fn a_check_under_way_at_an_enable_cannot_set_the_version() {
+        let s = BackendState::new("127.0.0.1:1".parse().unwrap());
+        let stamp = s.version_stamp();
+        assert_eq!(s.set_version_from(stamp, 3), Some(0));
+        assert_eq!(s.version(), 3);
+        let stamp = s.version_stamp();
+        s.clear_version();
+        assert_eq!(s.version(), 0);
+        assert_eq!(
+            s.set_version_from(stamp, 3),
+            None,
+            "too late: enabled since"
+        );
+        assert_eq!(s.version(), 0);
+        let stamp = s.version_stamp();
+        assert_eq!(s.set_version_from(stamp, 4), Some(0));
+        assert_eq!((s.version(), s.set_version(0)), (4, 4));
     }
 
     #[test]

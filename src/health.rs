@@ -225,6 +225,7 @@ pub async fn check_loop(
         if counter.is_up() && state.is_down() {
             counter.force_down();
         }
+        let stamp = state.version_stamp();
         let outcome = probe(state.address(), &cfg).await;
         state.record_check(LastCheck {
             at: SystemTime::now(),
@@ -252,7 +253,11 @@ pub async fn check_loop(
             (Err(_), true) => state.version(),
             _ => 0,
         };
-        let changed = state.set_version(version) != version;
+        // An enable during the check (its answer may be the old code's) leaves the
+        // version unknown; the enable rang `now`, so the next check runs at once.
+        let changed = state
+            .set_version_from(stamp, version)
+            .is_some_and(|before| before != version);
         if changed || transition.is_some() {
             hooks.changed.notify_one();
         }

@@ -29,7 +29,7 @@ impl ControlState {
                 // Its code may have changed while it was out: no version until its next
                 // check, which runs now. A redeployed clone is never routed under the
                 // version it had before.
-                b.state.set_version(0);
+                b.state.clear_version();
             }
             b.state.set_disabled(disabled);
             if !disabled {
