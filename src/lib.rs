@@ -339,6 +339,12 @@ impl Balancer {
         self.control.status()
     }
 
+    /// Pin the active version (`Some`) or unpin (`None`), as the admin API's
+    /// `POST`/`DELETE /deploy/pin` do: the `deploy` object after it.
+    pub fn pin(&self, version: Option<&str>) -> Result<control::DeployStatus, control::PinError> {
+        self.control.pin(version)
+    }
+
     /// Reload the config file now (as SIGHUP does). A balancer started without a file has
     /// nothing to reload.
     pub fn reload(&self) -> reload::Outcome {

@@ -986,3 +986,174 @@ fn error_page_files_missing_or_too_large_are_errors_at_their_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// [deploy] (issue 15)
+// ---------------------------------------------------------------------------------------
+
+const ATOMIC_NEEDS_HEADER: &str = r#"`mode = "atomic"` needs `version_header` in [health] (the clones' versions come from their health checks)"#;
+
+#[test]
+fn atomic_mode_without_version_header_is_rejected_at_mode() {
+    // [health] present but without the header.
+    assert_invalid(
+        "atomic-no-header",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[health]",
+            r#"interval = "2s""#,
+            "[deploy]",
+            r#"mode   = "atomic""#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+        &[(6, 10, ATOMIC_NEEDS_HEADER)],
+    );
+    // No [health] at all.
+    assert_invalid(
+        "atomic-no-health",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[deploy]",
+            r#"mode = "atomic""#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+        &[(4, 8, ATOMIC_NEEDS_HEADER)],
+    );
+    // With the header, the same file is valid; "mixed" never needs it.
+    for (tag, health, mode) in [
+        (
+            "atomic-with-header",
+            r#"version_header = "x-clone-version""#,
+            "atomic",
+        ),
+        ("mixed-no-header", r#"interval = "2s""#, "mixed"),
+    ] {
+        let scratch = Scratch::new(tag);
+        let path = scratch.write(
+            "lb.toml",
+            &[
+                "[listen]",
+                r#"http = "127.0.0.1:8080""#,
+                "[health]",
+                health,
+                "[deploy]",
+                &format!("mode = \"{mode}\""),
+                "[[backend]]",
+                r#"address = "127.0.0.1:9001""#,
+            ],
+        );
+        let out = check(&path);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{tag}");
+    }
+}
+
+/// A file with `[deploy] cutover_at = VALUE` (written as given) on line 7, column 14.
+fn cutover_file(value: &str) -> Vec<String> {
+    [
+        "[listen]",
+        r#"http = "127.0.0.1:8080""#,
+        "[health]",
+        r#"version_header = "x-clone-version""#,
+        "[deploy]",
+        r#"mode = "atomic""#,
+        &format!("cutover_at = {value}"),
+        "[[backend]]",
+        r#"address = "127.0.0.1:9001""#,
+        "[[backend]]",
+        r#"address = "127.0.0.1:9002""#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn bad_cutover_at_is_rejected_at_its_value() {
+    let cases: &[(&str, &str)] = &[
+        ("0", "invalid `cutover_at` 0: a count is at least 1"),
+        ("-1", "invalid `cutover_at` -1: a count is at least 1"),
+        (
+            r#""0%""#,
+            r#"invalid `cutover_at` "0%": a share is 1% to 100%"#,
+        ),
+        (
+            r#""150%""#,
+            r#"invalid `cutover_at` "150%": a share is 1% to 100%"#,
+        ),
+        (
+            r#""abc""#,
+            r#"invalid `cutover_at` "abc": a share ends in '%' (or give a count: an integer)"#,
+        ),
+        (
+            r#""50""#,
+            r#"invalid `cutover_at` "50": a share ends in '%' (or give a count: an integer)"#,
+        ),
+        (
+            r#""2.5%""#,
+            r#"invalid `cutover_at` "2.5%": expected "N%" with N a whole number"#,
+        ),
+        (
+            "1.5",
+            r#"`cutover_at` must be an integer or a string "N%", found float"#,
+        ),
+        (
+            "true",
+            r#"`cutover_at` must be an integer or a string "N%", found boolean"#,
+        ),
+    ];
+    for (i, (value, msg)) in cases.iter().enumerate() {
+        let lines = cutover_file(value);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert_invalid(&format!("cutover-{i}"), &lines, &[(7, 14, msg)]);
+    }
+}
+
+#[test]
+fn good_cutover_at_is_valid_and_a_count_above_the_clones_only_warns() {
+    for value in ["1", "2", r#""1%""#, r#""50%""#, r#""100%""#] {
+        let scratch = Scratch::new("cutover-ok");
+        let path = scratch.write(
+            "lb.toml",
+            &cutover_file(value)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let out = check(&path);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "cutover_at = {value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "cutover_at = {value}");
+    }
+    // 3 of 2 clones: a reload or discovery may add some, so a warning at the value.
+    let scratch = Scratch::new("cutover-above");
+    let path = scratch.write(
+        "lb.toml",
+        &cutover_file("3")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text_lines(&out.stderr),
+        vec![format!(
+            "{}:7:14: warning: `cutover_at` = 3 is more than the 2 clones in lb.toml: no version can cut over until more clones are added",
+            label(&path)
+        )]
+    );
+}

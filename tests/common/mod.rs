@@ -41,6 +41,8 @@ pub struct CloneStats {
     pub mute: AtomicBool,
     /// When each counted request arrived.
     pub hit_times: Mutex<Vec<Instant>>,
+    /// The code version it runs ([`TestClone::set_version`]); `None`: it says none.
+    pub version: Mutex<Option<String>>,
 }
 
 /// A clone app server for tests. Paths:
@@ -55,6 +57,10 @@ pub struct CloneStats {
 /// * `/drip?chunks=N&ms=M`: streams N chunks of [`DRIP_CHUNK`] bytes, one every M ms;
 /// * `/abort`: reads one body frame, then drops the connection without answering;
 /// * `/healthz`: answers [`CloneStats::health_status`] and is not counted in `hits`.
+///
+/// Once [`TestClone::set_version`] is called, `/healthz` also sends the version in
+/// `x-clone-version`, and every text body ends with ` version=<v>` (`clone=a version=v2`;
+/// read back with [`Answer::version`]). Without it, bodies are exactly as listed above.
 pub struct TestClone {
     pub name: String,
     pub addr: SocketAddr,
@@ -96,6 +102,16 @@ impl TestClone {
     }
     pub fn set_health(&self, status: u16) {
         self.stats.health_status.store(status, SeqCst);
+    }
+    /// From now on, run code version `v`: health checks report it in `x-clone-version`
+    /// and every text answer carries it (an answer's version is read when it is sent, so
+    /// a request in flight across the change answers with the new one).
+    pub fn set_version(&self, v: &str) {
+        *self.stats.version.lock().unwrap() = Some(v.to_string());
+    }
+    /// The version set by [`TestClone::set_version`], if any.
+    pub fn version(&self) -> Option<String> {
+        self.stats.version.lock().unwrap().clone()
     }
     /// Stop at once: the listener and every open connection are closed (as a crashed
     /// process's would be). Returns once they are.
@@ -195,6 +211,8 @@ async fn clone_service(
         std::future::pending::<()>().await;
     }
     if req.uri().path() == "/healthz" {
+        // Counted before the version is read: a check counted after a `set_version`
+        // reports the new version.
         stats.checks.fetch_add(1, SeqCst);
         stats.check_times.lock().unwrap().push(Instant::now());
         let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from("ok"))));
@@ -202,12 +220,24 @@ async fn clone_service(
             0 => StatusCode::OK,
             s => StatusCode::from_u16(s).unwrap(),
         };
+        if let Some(v) = stats.version.lock().unwrap().as_deref() {
+            r.headers_mut()
+                .insert("x-clone-version", v.parse().unwrap());
+        }
         return Ok(r);
     }
     stats.hit_times.lock().unwrap().push(Instant::now());
     stats.hits.fetch_add(1, SeqCst);
     *stats.last_headers.lock().unwrap() = Some(req.headers().clone());
-    let text = |s: String| http_body_util::Either::Left(Full::new(Bytes::from(s)));
+    // The version is read when the answer is made (after any wait), as a real process
+    // answers with the code it runs then.
+    let text = |s: String| {
+        let s = match stats.version.lock().unwrap().as_deref() {
+            Some(v) => format!("{s} version={v}"),
+            None => s,
+        };
+        http_body_util::Either::Left(Full::new(Bytes::from(s)))
+    };
     let mut resp = match req.uri().path() {
         "/slow" => {
             let ms = query(&req, "ms").unwrap_or(100);
@@ -470,6 +500,15 @@ impl Answer {
             .get("x-clone")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default()
+    }
+    /// The code version a test clone put in the body (` version=<v>`, see
+    /// [`TestClone::set_version`]); `None` when it runs none (or the answer is not a
+    /// clone's).
+    pub fn version(&self) -> Option<String> {
+        self.text()
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("version="))
+            .map(str::to_string)
     }
 }
 
