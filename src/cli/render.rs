@@ -192,13 +192,14 @@ fn line(cells: &[String; 8], widths: &[usize; 8], state: Option<&str>) -> String
     out
 }
 
-/// SGR code of a state: green up, red down, yellow draining, grey disabled.
+/// SGR code of a state: green up, red down, yellow draining, grey disabled, blue standby.
 fn color_of(state: &str) -> Option<&'static str> {
     match state {
         "up" => Some("32"),
         "down" => Some("31"),
         "draining" => Some("33"),
         "disabled" => Some("90"),
+        "standby" => Some("34"),
         _ => None,
     }
 }
@@ -348,6 +349,7 @@ c3       127.0.0.1:9003  draining          0         0       0      -  -
         assert!(out.contains("\x1b[32mup      \x1b[0m"), "{out}");
         assert!(out.contains("\x1b[90mdisabled\x1b[0m"), "{out}");
         assert!(out.contains("\x1b[33mdraining\x1b[0m"), "{out}");
+        assert_eq!(color_of("standby"), Some("34"));
         assert!(out.lines().nth(1).is_some_and(|h| !h.contains('\x1b')));
     }
 
