@@ -1,5 +1,5 @@
-//! `clonelb status | disable | enable | reload`: the operator's commands, as clients of a
-//! running balancer's admin API.
+//! `clonelb status | disable | enable | reload | pin | unpin`: the operator's commands, as
+//! clients of a running balancer's admin API.
 //!
 //! `main.rs` parses the arguments into a [`Target`] and calls one function per command;
 //! each prints its normal output on stdout and returns `Ok(())` (exit 0) or a [`CliError`],
@@ -20,7 +20,7 @@ use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use self::client::{Admin, Answer, REQUEST_TIMEOUT};
-use self::render::{Backend, ErrorBody, NotDrained, Rejected, Reloaded, Status};
+use self::render::{Backend, Deploy, ErrorBody, NotDrained, Rejected, Reloaded, Status};
 
 /// The environment variable read when no `--token` is given.
 pub const TOKEN_ENV: &str = "CLONELB_ADMIN_TOKEN";
@@ -62,6 +62,10 @@ pub enum CliError {
         timeout: String,
         in_flight: u64,
     },
+    /// `pin` or `unpin` answered 409: mixed mode, or a version no clone reports; the
+    /// balancer's one-line reason. Nothing changed.
+    #[error("clonelb: {0}")]
+    PinRefused(String),
     /// `wait-drained` answered 409: the clone was enabled again meanwhile.
     #[error("clonelb: clone {0:?} is enabled again, so it will not drain")]
     Enabled(String),
@@ -151,6 +155,37 @@ pub fn enable(target: &Target, name: &str) -> Result<(), CliError> {
     let answer = admin.call(Method::POST, &path, REQUEST_TIMEOUT)?;
     let backend: Backend = expect_ok(&admin, answer, Some(name))?;
     print(&format!("{}\n", render::backend_line(&backend)));
+    Ok(())
+}
+
+/// `clonelb pin VERSION`: make `VERSION` the active version until `unpin`; print what is
+/// active and pinned now.
+pub fn pin(target: &Target, version: &str) -> Result<(), CliError> {
+    let admin = connect(target)?;
+    let body = serde_json::json!({ "version": version }).to_string();
+    let answer = admin.call_with(
+        Method::POST,
+        "/deploy/pin",
+        Some(body.into()),
+        REQUEST_TIMEOUT,
+    )?;
+    deploy_answer(&admin, answer)
+}
+
+/// `clonelb unpin`: let cutovers choose the active version again; print what is active now.
+pub fn unpin(target: &Target) -> Result<(), CliError> {
+    let admin = connect(target)?;
+    let answer = admin.call(Method::DELETE, "/deploy/pin", REQUEST_TIMEOUT)?;
+    deploy_answer(&admin, answer)
+}
+
+/// The `deploy` object of a pin or an unpin, printed as one line; a 409 is the reason.
+fn deploy_answer(admin: &Admin, answer: Answer) -> Result<(), CliError> {
+    if answer.status == StatusCode::CONFLICT {
+        return Err(CliError::PinRefused(error_message(&answer)));
+    }
+    let deploy: Deploy = expect_ok(admin, answer, None)?;
+    print(&format!("{}\n", render::deploy_line(&deploy)));
     Ok(())
 }
 

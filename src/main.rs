@@ -28,7 +28,8 @@ tracing-subscriber filter, e.g. CLONELB_LOG=clonelb=debug,warn).";
     long_about = "A load balancer for clusters of identical app servers (clones).\n\n\
         `clonelb run` serves ./lb.toml (or --config PATH), `clonelb check` validates it,\n\
         `clonelb demo` shows it at work with three embedded clones, and `status`,\n\
-        `disable`, `enable` and `reload` steer a running balancer through its admin API.",
+        `disable`, `enable`, `reload`, `pin` and `unpin` steer a running balancer through\n\
+        its admin API.",
     after_help = OPERATING
 )]
 struct Cli {
@@ -101,6 +102,23 @@ enum Command {
     Enable {
         /// The clone's name.
         name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Pin the active version (atomic deploy mode): no cutover until `unpin`.
+    #[command(
+        long_about = "Pin the active version (atomic deploy mode): requests go to clones of\n\
+            VERSION only, and no cutover happens until `clonelb unpin` (an outage fallback\n\
+            still does). Exit 1 in mixed mode or when no clone reports VERSION; nothing changes."
+    )]
+    Pin {
+        /// The version to pin, as the clones report it.
+        version: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove the pin: cutovers choose the active version again.
+    Unpin {
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -185,6 +203,8 @@ fn main() -> ExitCode {
             wait.then_some(timeout),
         )),
         Command::Enable { name, admin } => exit(clonelb::cli::enable(&admin.target(), &name)),
+        Command::Pin { version, admin } => exit(clonelb::cli::pin(&admin.target(), &version)),
+        Command::Unpin { admin } => exit(clonelb::cli::unpin(&admin.target())),
         Command::Reload { admin } => exit(clonelb::cli::reload(&admin.target())),
     }
 }

@@ -686,3 +686,209 @@ async fn ready_turns_503_during_a_graceful_shutdown_while_live_stays_200() {
     assert_eq!(held.await.unwrap(), 200);
     stopping.join().unwrap();
 }
+
+/// A clone answering as `clonelb::demo::serve_clone` does: `x-clone` and `x-clone-version`
+/// on every answer (`/healthz` too), on a free port of the test's runtime.
+async fn versioned_clone(name: &str, version: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(clonelb::demo::serve_clone(
+        listener,
+        name.to_string(),
+        version.to_string(),
+    ));
+    addr
+}
+
+/// lb.toml: `clones` (name, address) round-robin, fast checks reading `x-clone-version`,
+/// `[deploy] mode`, an admin listener.
+fn deploy_config(clones: &[(&str, SocketAddr)], mode: &str) -> String {
+    let mut s = "[listen]\nhttp = \"127.0.0.1:0\"\n".to_string();
+    for (name, addr) in clones {
+        s.push_str(&format!(
+            "[[backend]]\naddress = \"{addr}\"\nname = \"{name}\"\n"
+        ));
+    }
+    s.push_str(&format!(
+        "[health]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nversion_header = \"x-clone-version\"\n\
+         [deploy]\nmode = \"{mode}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    s
+}
+
+async fn pin_call(admin: SocketAddr, method: Method, body: &str) -> (StatusCode, Value) {
+    let s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri("/deploy/pin")
+        .header("host", admin.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// `/status`'s `deploy` once `ready` holds for it; panics after 5 s.
+async fn deploy_when(admin: SocketAddr, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, v) = get_json(admin, "/status").await;
+        assert_eq!(status, 200, "{v}");
+        if ready(&v["deploy"]) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", v["deploy"]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The error line of a refusal: one line, non-empty.
+fn error_line(v: &Value) -> &str {
+    let line = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {v}"));
+    assert!(!line.is_empty() && !line.contains('\n'), "{v}");
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_is_refused_in_mixed_mode_and_on_a_bad_body_and_changes_nothing() {
+    let a = versioned_clone("a", "v1").await;
+    let lb = spawn_lb(&deploy_config(&[("a", a)], "mixed"));
+    let admin = admin_of(&lb);
+    deploy_when(admin, "v1 reported", |d| d["versions"]["v1"]["up"] == 1).await;
+
+    let (status, v) = pin_call(admin, Method::POST, r#"{"version": "v1"}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(error_line(&v).contains("mixed"), "{v}");
+    let (status, v) = pin_call(admin, Method::DELETE, "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(error_line(&v).contains("mixed"), "{v}");
+
+    let big = format!(r#"{{"version": "{}"}}"#, "v".repeat(8192));
+    for body in [
+        "v1",
+        "",
+        "{}",
+        r#"{"version": 1}"#,
+        r#"{"version": null}"#,
+        r#"["v1"]"#,
+        r#"{"version": "v1", "force": true}"#,
+        big.as_str(),
+    ] {
+        let (status, v) = pin_call(admin, Method::POST, body).await;
+        let shown = &body[..body.len().min(40)];
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{shown}: {v}");
+        error_line(&v);
+    }
+    // Neither a pin nor a mode change happened.
+    let (_, v) = get_json(admin, "/status").await;
+    assert_eq!(v["deploy"]["mode"], "mixed", "{v}");
+    assert_eq!(v["deploy"]["pinned"], Value::Null, "{v}");
+    let (status, v) = call(admin, Method::GET, "/deploy/pin", &[]).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{v}");
+    assert_eq!(call(admin, Method::PUT, "/deploy/pin", &[]).await.0, 405);
+    // The cross-site guard covers both methods.
+    let evil = [("origin", "http://evil.example")];
+    for method in [Method::POST, Method::DELETE] {
+        assert_eq!(call(admin, method, "/deploy/pin", &evil).await.0, 403);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_and_unpin_in_atomic_mode_answer_the_deploy_object_and_route_by_it() {
+    let (a, b, c) = (
+        versioned_clone("a", "v1").await,
+        versioned_clone("b", "v1").await,
+        versioned_clone("c", "v2").await,
+    );
+    let lb = spawn_lb(&deploy_config(&[("a", a), ("b", b), ("c", c)], "atomic"));
+    let (addr, admin) = (lb.http_addr(), admin_of(&lb));
+    // cutover_at "50%" of 3 is 2: v1 (2 clones) is elected, v2 (1 clone) stays standby.
+    let v = deploy_when(admin, "v1 active beside v2", |d| {
+        d["active"] == "v1" && d["versions"]["v2"]["up"] == 1 && d["skew"] == 2
+    })
+    .await;
+    let state_of = |v: &Value, name: &str| {
+        v["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .map(|b| (b["state"].clone(), b["version"].clone()))
+            .unwrap()
+    };
+    assert_eq!(state_of(&v, "c"), ("standby".into(), "v2".into()), "{v}");
+    assert_eq!(state_of(&v, "a"), ("up".into(), "v1".into()), "{v}");
+
+    // A version no clone reports: 409, nothing changed.
+    let (status, body) = pin_call(admin, Method::POST, r#"{"version": "v9"}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_line(&body).contains("\"v9\""), "{body}");
+    // A bad body in atomic mode: 400, nothing changed.
+    let (status, body) = pin_call(admin, Method::POST, r#"{"version": ["v2"]}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, v) = get_json(admin, "/status").await;
+    assert_eq!(
+        (&v["deploy"]["active"], &v["deploy"]["pinned"]),
+        (&Value::from("v1"), &Value::Null),
+        "{v}"
+    );
+
+    // Pin v2: 200 with the deploy object, and only c gets requests.
+    let (status, d) = pin_call(admin, Method::POST, r#"{"version": "v2"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(
+        (&d["pinned"], &d["active"]),
+        (&"v2".into(), &"v2".into()),
+        "{d}"
+    );
+    assert_eq!(d["mode"], "atomic", "{d}");
+    assert_eq!(d["versions"]["v1"]["up"], 2, "{d}");
+    let mut client = Client::connect(addr).await;
+    for _ in 0..6 {
+        let answer = client.get("/").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.headers["x-clone-version"], "v2", "{}", answer.text());
+    }
+    let (_, v) = get_json(admin, "/status").await;
+    assert_eq!(v["deploy"]["pinned"], "v2", "{v}");
+    assert_eq!(state_of(&v, "a").0, "standby", "{v}");
+
+    // Unpin: 200, pinned null.
+    let (status, d) = pin_call(admin, Method::DELETE, "").await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["pinned"], Value::Null, "{d}");
+    assert_eq!(d["mode"], "atomic", "{d}");
+    let (_, v) = get_json(admin, "/status").await;
+    assert_eq!(v["deploy"]["pinned"], Value::Null, "{v}");
+
+    // The metrics: one info sample per clone with its version, and the skew.
+    let (status, text) = call(admin, Method::GET, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    let all = samples(&text);
+    for (name, version) in [("a", "v1"), ("b", "v1"), ("c", "v2")] {
+        let labels = vec![
+            ("backend".to_string(), name.to_string()),
+            ("version".to_string(), version.to_string()),
+        ];
+        assert_eq!(
+            all.get(&("clonelb_backend_info".to_string(), labels)),
+            Some(&1.0),
+            "{name} {version}:\n{text}"
+        );
+    }
+    assert_eq!(
+        all.get(&("clonelb_version_skew".to_string(), vec![])),
+        Some(&2.0),
+        "{text}"
+    );
+    promtool_check(&text);
+}

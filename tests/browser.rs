@@ -143,6 +143,8 @@ struct Row {
     name: String,
     state: String,
     state_class: String,
+    /// The version column's text.
+    version: String,
     /// The rps polyline's `points` attribute.
     points: String,
     /// The history length the page rendered (the chart's `data-points`).
@@ -163,6 +165,7 @@ async fn rows(browser: &Browser) -> Vec<Row> {
                name: tr.dataset.clone,
                state: tr.querySelector('td.state').textContent,
                state_class: tr.querySelector('td.state').className,
+               version: tr.querySelector('td.version').textContent,
                points: tr.querySelector('svg.chart polyline.rps').getAttribute('points'),
                rendered: Number(tr.querySelector('svg.chart').getAttribute('data-points')),
              }));",
@@ -473,6 +476,153 @@ async fn with_a_token_the_page_asks_for_it_keeps_it_in_the_session_and_steers_wi
     assert_eq!(
         state_in(&status(admin, Some("s3cret-token")).await, "b"),
         "disabled"
+    );
+    browser.close().await.unwrap();
+}
+
+/// A clone on the test's runtime that reports `version` in `x-clone-version` on every
+/// answer (`clonelb::demo::serve_clone`).
+async fn versioned_clone(name: &str, version: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(clonelb::demo::serve_clone(
+        listener,
+        name.to_string(),
+        version.to_string(),
+    ));
+    addr
+}
+
+/// The text of element `id` when it is displayed, else `None`.
+async fn shown_text(browser: &Browser, id: &str) -> Option<String> {
+    let e = browser.find(Locator::Id(id)).await.unwrap();
+    if e.is_displayed().await.unwrap() {
+        Some(e.text().await.unwrap())
+    } else {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_each_clone_version_the_skew_banner_and_the_deploy_header() {
+    let clones = [
+        ("web-1", versioned_clone("web-1", "v1").await),
+        ("web-2", versioned_clone("web-2", "v1").await),
+        ("web-3", versioned_clone("web-3", "v2").await),
+    ];
+    let mut toml = "[listen]\nhttp = \"127.0.0.1:0\"\n".to_string();
+    for (name, addr) in &clones {
+        toml.push_str(&format!(
+            "[[backend]]\naddress = \"{addr}\"\nname = \"{name}\"\n"
+        ));
+    }
+    // A fourth clone that never answers: no version, shown as a dash.
+    toml.push_str(&format!(
+        "[[backend]]\naddress = \"{}\"\nname = \"gone\"\n\
+         [health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
+         version_header = \"x-clone-version\"\n[deploy]\nmode = \"atomic\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        refused_addr()
+    ));
+    let lb = spawn_lb(&toml);
+    let admin = lb.admin_addr().unwrap();
+    let driver = start_driver().await;
+    let browser = browser(&driver).await;
+    browser.goto(&format!("http://{admin}/")).await.unwrap();
+
+    // cutover_at "50%" of 4 is 2: v1 (two clones) is active, web-3 (v2) is standby.
+    wait_states(
+        &browser,
+        &[
+            ("web-1", "up"),
+            ("web-2", "up"),
+            ("web-3", "standby"),
+            ("gone", "down"),
+        ],
+    )
+    .await;
+    let versions: Vec<(String, String)> = rows(&browser)
+        .await
+        .into_iter()
+        .map(|r| (r.name, r.version))
+        .collect();
+    let want = [
+        ("web-1", "v1"),
+        ("web-2", "v1"),
+        ("web-3", "v2"),
+        ("gone", "—"),
+    ]
+    .map(|(n, v)| (n.to_string(), v.to_string()));
+    assert_eq!(versions, want);
+    let header = browser
+        .find(Locator::Css("th.version"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(header, "version");
+
+    // Two versions up: the banner lists each with up / total.
+    let skew = wait_for("the skew banner", PAGE_WAIT, || {
+        shown_text(&browser, "skew")
+    })
+    .await;
+    assert_eq!(skew, "2 versions up: v1 (2/2), v2 (1/1)");
+    assert_eq!(shown_text(&browser, "fallback").await, None);
+    // The header: the active version and the mode; no pin yet.
+    wait_for("the deploy header", PAGE_WAIT, || async {
+        let active = shown_text(&browser, "deploy-active").await;
+        let mode = shown_text(&browser, "deploy-mode").await;
+        let pinned = shown_text(&browser, "deploy-pinned").await;
+        (active.as_deref() == Some("v1") && mode.as_deref() == Some("atomic") && pinned.is_none())
+            .then_some(())
+    })
+    .await;
+
+    // Pinned to v2: the header shows the pin, web-3 turns up and web-1 standby.
+    let answer = Client::connect(admin)
+        .await
+        .send(
+            Request::post("/deploy/pin")
+                .header("host", admin.to_string())
+                .body(Full::new(Bytes::from_static(br#"{"version": "v2"}"#)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    wait_states(&browser, &[("web-1", "standby"), ("web-3", "up")]).await;
+    wait_for("the pin in the header", PAGE_WAIT, || async {
+        let pinned = shown_text(&browser, "deploy-pinned").await;
+        let active = shown_text(&browser, "deploy-active").await;
+        (pinned.as_deref() == Some("v2") && active.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
+    // web-3 disabled: one version left up, so no skew banner; and the pinned version has no
+    // clone left, so v1 serves as an outage fallback, in its own banner.
+    let answer = Client::connect(admin)
+        .await
+        .send(
+            Request::post("/backends/web-3/disable")
+                .header("host", admin.to_string())
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let fallback = wait_for("the fallback banner", PAGE_WAIT, || async {
+        let skew = shown_text(&browser, "skew").await;
+        let fallback = shown_text(&browser, "fallback").await;
+        skew.is_none().then_some(fallback).flatten()
+    })
+    .await;
+    let prefix = "active v1 is a fallback from v2 since ";
+    let since = fallback
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{fallback}"));
+    assert!(
+        since.len() == 8 && since.chars().filter(|c| *c == ':').count() == 2,
+        "{fallback}"
     );
     browser.close().await.unwrap();
 }

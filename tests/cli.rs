@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Integration tests of `clonelb status | disable | enable | reload`, run as the real binary
 //! against a fake admin API written here: a hyper server on 127.0.0.1:0 that answers canned
-//! JSON and records every request it got (method, path with query, Authorization).
+//! JSON and records every request it got (method, path with query, Authorization); and of
+//! `clonelb pin | unpin` against a running balancer (its deploy state is the point).
 //!
 //! Contract: normal output on stdout, exit 0; errors one line on stderr starting with
 //! `clonelb: `, exit 1 (a failed reload prints its header and the file's error lines);
@@ -467,8 +468,144 @@ fn usage_errors_exit_2() {
         &["disable", "x", "--timeout", "5s"],
         &["disable", "x", "--wait", "--timeout", "soon"],
         &["enable", "x", "--bogus"],
+        &["pin"],
+        &["pin", "v1", "v2"],
+        &["unpin", "v1"],
     ] {
         let (code, _, err) = run(&mut clonelb(args));
         assert_eq!(code, 2, "{args:?}: {err}");
     }
+}
+
+/// A balancer in this process in front of clones that report their versions
+/// (`clonelb::demo::serve_clone`, on a runtime of their own), with fast checks reading
+/// `x-clone-version`, `[deploy] mode` and an admin listener with `admin_extra`.
+struct Deployed {
+    lb: clonelb::Balancer,
+    _clones: tokio::runtime::Runtime,
+}
+
+impl Deployed {
+    fn start(clones: &[(&str, &str)], mode: &str, admin_extra: &str) -> Deployed {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut toml = "[listen]\nhttp = \"127.0.0.1:0\"\n".to_string();
+        for (name, version) in clones {
+            let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"));
+            let listener = listener.unwrap();
+            let addr = listener.local_addr().unwrap();
+            rt.spawn(clonelb::demo::serve_clone(
+                listener,
+                name.to_string(),
+                version.to_string(),
+            ));
+            toml.push_str(&format!(
+                "[[backend]]\naddress = \"{addr}\"\nname = \"{name}\"\n"
+            ));
+        }
+        toml.push_str(&format!(
+            "[health]\ninterval = \"100ms\"\ntimeout = \"50ms\"\n\
+             version_header = \"x-clone-version\"\n[deploy]\nmode = \"{mode}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n"
+        ));
+        let checked = clonelb::config::parse("test.toml", &toml).unwrap();
+        let lb = clonelb::Balancer::start_with_workers(&checked.config, 2).unwrap();
+        Deployed { lb, _clones: rt }
+    }
+
+    fn admin(&self) -> String {
+        self.lb.admin_addr().unwrap().to_string()
+    }
+
+    /// Poll the balancer's deploy status until `ready` holds; panic after 5 s.
+    fn wait(&self, what: &str, ready: impl Fn(&clonelb::control::DeployStatus) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let deploy = self.lb.status().deploy;
+            if ready(&deploy) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {deploy:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn pin_and_unpin_print_what_is_active_and_a_refusal_exits_1() {
+    let lb = Deployed::start(
+        &[("a", "v1"), ("b", "v1"), ("c", "v2")],
+        "atomic",
+        "token = \"tk\"",
+    );
+    let admin = lb.admin();
+    lb.wait("v1 elected beside v2", |d| {
+        d.active.as_deref() == Some("v1") && d.versions.len() == 2
+    });
+    let pin = |version: &str| {
+        run(&mut clonelb(&[
+            "pin", version, "--admin", &admin, "--token", "tk",
+        ]))
+    };
+
+    // A version no clone reports: one line, exit 1, nothing changed.
+    assert_eq!(
+        pin("v9"),
+        (
+            1,
+            String::new(),
+            "clonelb: no clone reports version \"v9\"\n".into()
+        )
+    );
+    // Without the token: refused like every other command.
+    let (code, out, err) = run(&mut clonelb(&["pin", "v2", "--admin", &admin]));
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(err.contains("needs a token (401)"), "{err}");
+    let d = lb.lb.status().deploy;
+    assert_eq!(
+        (d.active.as_deref(), d.pinned.as_deref()),
+        (Some("v1"), None)
+    );
+
+    assert_eq!(
+        pin("v2"),
+        (
+            0,
+            "pinned v2: active v2 (mode atomic)\n".into(),
+            String::new()
+        )
+    );
+    let d = lb.lb.status().deploy;
+    assert_eq!(
+        (d.active.as_deref(), d.pinned.as_deref()),
+        (Some("v2"), Some("v2"))
+    );
+
+    let (code, out, err) = run(&mut clonelb(&["unpin", "--admin", &admin, "--token", "tk"]));
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert!(
+        out.starts_with("unpinned: active v") && out.ends_with(" (mode atomic)\n"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(lb.lb.status().deploy.pinned, None);
+}
+
+#[test]
+fn pin_and_unpin_in_mixed_mode_exit_1_with_the_reason() {
+    let lb = Deployed::start(&[("a", "v1")], "mixed", "");
+    let admin = lb.admin();
+    lb.wait("v1 reported", |d| d.versions.len() == 1);
+    for args in [&["pin", "v1"][..], &["unpin"]] {
+        let (code, out, err) = run(clonelb(args).args(["--admin", &admin]));
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}");
+        assert!(
+            err.starts_with("clonelb: deploy mode is \"mixed\"") && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(lb.lb.status().deploy.pinned, None);
 }

@@ -2,12 +2,20 @@
 //!
 //! Public (no token): `GET /` (the status page: static, it fetches `/status` itself with
 //! the token the user gives it), `GET /live`, `GET /ready`.
+//!
 //! Everything else needs `Authorization: Bearer <token>` when `[admin] token` is set
 //! (compared in constant time; the token read from the running configuration, so a
-//! reload's new token applies at once). A `POST` carrying an `Origin` other than the
-//! admin's own, or `Sec-Fetch-Site: cross-site`, is refused with 403, so a web page cannot
-//! steer a loopback admin that has no token. Errors are `{"error": "one line"}`; an
-//! unknown path is 404, a known one with the wrong method 405.
+//! reload's new token applies at once): `GET /status`, `GET /metrics`, `POST /reload`,
+//! `POST /backends/{name}/disable`, `POST /backends/{name}/enable`,
+//! `GET /backends/{name}/wait-drained?timeout=60s`, `POST /deploy/pin` (body exactly
+//! `{"version": "v1"}`, at most [`MAX_PIN_BODY`] bytes: pin the active version) and
+//! `DELETE /deploy/pin` (unpin); both answer the `deploy` object of `/status`, 400 for a
+//! bad body, 409 when the pin is refused (mixed mode, a version no clone reports).
+//!
+//! A `POST` or `DELETE` carrying an `Origin` other than the admin's own, or
+//! `Sec-Fetch-Site: cross-site`, is refused with 403, so a web page cannot steer a loopback
+//! admin that has no token. Errors are `{"error": "one line"}`; an unknown path is 404, a
+//! known one with the wrong method 405.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,8 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -31,19 +39,26 @@ type Answer = Response<Full<Bytes>>;
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// How often `wait-drained` looks at the clone's in-flight count.
 const WAIT_POLL: Duration = Duration::from_millis(20);
+/// The largest body `POST /deploy/pin` reads (`{"version": "..."}` needs far less).
+const MAX_PIN_BODY: usize = 4096;
+/// How long `POST /deploy/pin` waits for its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn handle(
     req: Request<Incoming>,
     admin: Arc<Admin>,
     own: SocketAddr,
 ) -> Result<Answer, Infallible> {
-    Ok(route(&req, &admin, own).await)
+    Ok(route(req, &admin, own).await)
 }
 
-async fn route(req: &Request<Incoming>, admin: &Admin, own: SocketAddr) -> Answer {
-    let path = req.uri().path();
+/// The request by value: only `POST /deploy/pin` reads its body; every other route looks
+/// at the head alone.
+async fn route(req: Request<Incoming>, admin: &Admin, own: SocketAddr) -> Answer {
+    let (head, body) = req.into_parts();
+    let path = head.uri.path();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let method = req.method();
+    let method = &head.method;
     // The public three.
     match segments.as_slice() {
         [""] => return only(method, &Method::GET).unwrap_or_else(page),
@@ -62,14 +77,14 @@ async fn route(req: &Request<Incoming>, admin: &Admin, own: SocketAddr) -> Answe
         }
         _ => {}
     }
-    let Some(token_set) = authorize(req, admin) else {
+    let Some(token_set) = authorize(&head.headers, admin) else {
         let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
         resp.headers_mut()
             .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         return resp;
     };
     if *method == Method::POST || *method == Method::DELETE {
-        if let Some(refused) = same_origin(req, own, token_set) {
+        if let Some(refused) = same_origin(&head.headers, own, token_set) {
             return refused;
         }
     }
@@ -91,11 +106,24 @@ async fn route(req: &Request<Incoming>, admin: &Admin, own: SocketAddr) -> Answe
                     .unwrap_or_else(|| set_disabled(admin, &name, *action == "disable")),
                 "wait-drained" => match only(method, &Method::GET) {
                     Some(refused) => refused,
-                    None => wait_drained(admin, &name, req.uri().query()).await,
+                    None => wait_drained(admin, &name, head.uri.query()).await,
                 },
                 _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
             }
         }
+        ["deploy", "pin"] => match *method {
+            Method::POST => match pin_body(body).await {
+                Ok(version) => pin(admin, Some(&version)),
+                Err(refused) => refused,
+            },
+            Method::DELETE => pin(admin, None),
+            _ => {
+                let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "use POST or DELETE here");
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("POST, DELETE"));
+                resp
+            }
+        },
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
@@ -117,13 +145,12 @@ fn only(method: &Method, allowed: &Method) -> Option<Answer> {
 
 /// 401 unless the request carries the running configuration's token (when one is set).
 /// `Some(whether a token is set)` when the request may go on, `None` for a 401.
-fn authorize(req: &Request<Incoming>, admin: &Admin) -> Option<bool> {
+fn authorize(headers: &HeaderMap, admin: &Admin) -> Option<bool> {
     let table = admin.control.table().load();
     let Some(token) = table.config().admin.as_ref().and_then(|a| a.token.as_ref()) else {
         return Some(false);
     };
-    let given = req
-        .headers()
+    let given = headers
         .get(AUTHORIZATION)
         .map(HeaderValue::as_bytes)
         .and_then(|v| {
@@ -140,8 +167,7 @@ fn authorize(req: &Request<Incoming>, admin: &Admin) -> Option<bool> {
 /// `http://ADDR` and `http://localhost:PORT`; with a token set, also the page's own host
 /// (`http://` + the request's `Host`: the status page reached by a DNS name). Without a
 /// token that last one is not trusted, since a DNS-rebound name would match it.
-fn same_origin(req: &Request<Incoming>, own: SocketAddr, token_set: bool) -> Option<Answer> {
-    let headers = req.headers();
+fn same_origin(headers: &HeaderMap, own: SocketAddr, token_set: bool) -> Option<Answer> {
     let cross_site = headers
         .get("sec-fetch-site")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
@@ -164,6 +190,57 @@ fn set_disabled(admin: &Admin, name: &str, disabled: bool) -> Answer {
     match admin.control.set_disabled(name, disabled) {
         Some(clone) => json(StatusCode::OK, &json::clone_entry(&clone)),
         None => error(StatusCode::NOT_FOUND, &format!("no clone named {name:?}")),
+    }
+}
+
+/// The version a `POST /deploy/pin` names, or its 400 (408 when the body does not come):
+/// at most [`MAX_PIN_BODY`] bytes of `{"version": "..."}`, nothing else.
+async fn pin_body(body: Incoming) -> Result<String, Answer> {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_PIN_BODY).collect());
+    let bytes = match read.await {
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("body not received within {}s", BODY_TIMEOUT.as_secs()),
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("body over {MAX_PIN_BODY} bytes: expected {{\"version\": \"...\"}}"),
+            ))
+        }
+        Ok(Err(e)) => return Err(error(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let expected = |why: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("body: expected {{\"version\": \"...\"}}: {why}"),
+        )
+    };
+    // A JSON object with exactly one key, `version`, a string. (serde's derive would also
+    // take `["v1"]` for such a struct.)
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| expected(&e.to_string()))?;
+    let Some(object) = value.as_object() else {
+        return Err(expected("not a JSON object"));
+    };
+    if let Some(other) = object.keys().find(|k| *k != "version") {
+        return Err(expected(&format!("unknown field `{other}`")));
+    }
+    match object.get("version") {
+        Some(serde_json::Value::String(v)) => Ok(v.clone()),
+        Some(_) => Err(expected("`version` is not a string")),
+        None => Err(expected("no `version`")),
+    }
+}
+
+/// Pin (`Some`) or unpin: 200 with the `deploy` object, 409 with the reason nothing changed.
+fn pin(admin: &Admin, version: Option<&str>) -> Answer {
+    match admin.control.pin(version) {
+        Ok(deploy) => json(StatusCode::OK, &json::deploy(&deploy)),
+        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
     }
 }
 

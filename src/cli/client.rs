@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HOST, USER_AGENT};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 use http::{HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -88,6 +88,17 @@ impl Admin {
 
     /// Send `method path` with an empty body and read the whole answer within `timeout`.
     pub fn call(&self, method: Method, path: &str, timeout: Duration) -> Result<Answer, CliError> {
+        self.call_with(method, path, None, timeout)
+    }
+
+    /// [`Admin::call`] with a JSON body when `json` is given.
+    pub fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Answer, CliError> {
         let unreachable = |reason: String| CliError::Unreachable {
             addr: self.addr.clone(),
             reason,
@@ -103,8 +114,11 @@ impl Admin {
         if let Some(t) = &self.token {
             builder = builder.header(AUTHORIZATION, t.clone());
         }
+        if json.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
         let request = builder
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(json.unwrap_or_default()))
             .map_err(|e| CliError::Local(format!("cannot build the request: {e}")))?;
         self.runtime.block_on(async {
             let exchange = async {

@@ -59,6 +59,23 @@ pub(crate) struct LastMinute {
     pub p99_ms: Option<f64>,
 }
 
+/// The `deploy` object: of `/status`, and the answer to a pin or an unpin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Deploy {
+    pub active: Option<String>,
+    pub mode: String,
+    pub pinned: Option<String>,
+    pub fallback: Option<DeployFallback>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct DeployFallback {
+    pub from: String,
+    pub since: String,
+}
+
 /// `POST /reload`: 200.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -175,13 +192,14 @@ fn line(cells: &[String; 8], widths: &[usize; 8], state: Option<&str>) -> String
     out
 }
 
-/// SGR code of a state: green up, red down, yellow draining, grey disabled.
+/// SGR code of a state: green up, red down, yellow draining, grey disabled, blue standby.
 fn color_of(state: &str) -> Option<&'static str> {
     match state {
         "up" => Some("32"),
         "down" => Some("31"),
         "draining" => Some("33"),
         "disabled" => Some("90"),
+        "standby" => Some("34"),
         _ => None,
     }
 }
@@ -244,6 +262,23 @@ pub(crate) fn backend_line(b: &Backend) -> String {
         or_dash(&b.address),
         or_dash(&b.state),
         b.in_flight
+    )
+}
+
+/// `pinned v1: active v1 (mode atomic)`, `unpinned: active v2 (mode atomic)`; an outage
+/// fallback adds `, a fallback from v2 since 2026-12-03T10:00:00Z`.
+pub(crate) fn deploy_line(d: &Deploy) -> String {
+    let pinned = match &d.pinned {
+        Some(v) => format!("pinned {v}"),
+        None => "unpinned".to_string(),
+    };
+    let active = d.active.as_deref().unwrap_or("none");
+    let fallback = d.fallback.as_ref().map_or_else(String::new, |f| {
+        format!(", a fallback from {} since {}", f.from, or_dash(&f.since))
+    });
+    format!(
+        "{pinned}: active {active}{fallback} (mode {})",
+        or_dash(&d.mode)
     )
 }
 
@@ -314,6 +349,7 @@ c3       127.0.0.1:9003  draining          0         0       0      -  -
         assert!(out.contains("\x1b[32mup      \x1b[0m"), "{out}");
         assert!(out.contains("\x1b[90mdisabled\x1b[0m"), "{out}");
         assert!(out.contains("\x1b[33mdraining\x1b[0m"), "{out}");
+        assert_eq!(color_of("standby"), Some("34"));
         assert!(out.lines().nth(1).is_some_and(|h| !h.contains('\x1b')));
     }
 
@@ -352,5 +388,26 @@ c3       127.0.0.1:9003  draining          0         0       0      -  -
             serde_json::from_str(r#"{"name": "x", "address": "10.0.0.1:80", "state": "disabled"}"#)
                 .unwrap();
         assert_eq!(backend_line(&b), "x (10.0.0.1:80): disabled, 0 in flight");
+    }
+
+    #[test]
+    fn deploy_lines() {
+        let d: Deploy = serde_json::from_str(
+            r#"{"active": "v1", "versions": {"v1": {"up": 2, "total": 2}}, "mode": "atomic",
+                "cutover_at": "50%", "pinned": "v1", "fallback": null, "skew": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(deploy_line(&d), "pinned v1: active v1 (mode atomic)");
+        let d: Deploy = serde_json::from_str(
+            r#"{"active": "v1", "mode": "atomic", "pinned": null,
+                "fallback": {"from": "v2", "since": "2026-12-03T10:00:00Z"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            deploy_line(&d),
+            "unpinned: active v1, a fallback from v2 since 2026-12-03T10:00:00Z (mode atomic)"
+        );
+        let d: Deploy = serde_json::from_str(r#"{"mode": "atomic"}"#).unwrap();
+        assert_eq!(deploy_line(&d), "unpinned: active none (mode atomic)");
     }
 }
