@@ -57,6 +57,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod backend;
 pub mod body;
 pub mod cli;

@@ -1,0 +1,15 @@
+//! The consistency audit: prove that any clone gives the same answer, and name the clone
+//! that does not (issue 16, in progress).
+//!
+//! Built so far, as pure parts with their unit tests (nothing on the request path or in
+//! lb.toml uses them yet):
+//! * [`verdict`]: comparing an answer with its replay on a peer clone, each clone's
+//!   (compared, disagreed) window, the odd clone, the ring of recent mismatches;
+//! * [`outlier`]: the peer comparison of behaviour (5xx share, p50, p99 over a window
+//!   against the pool's median) and the one-at-a-time ejection policy.
+//!
+//! Still to come: the `[audit]` section, the sampling and the response tap on the request
+//! path, the replays on the admin runtime, `/status`, metrics and the page.
+
+pub mod outlier;
+pub mod verdict;

@@ -1,0 +1,1 @@
+//! The peer comparison of behaviour (see the module docs of `audit`).

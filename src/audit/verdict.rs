@@ -1,0 +1,1 @@
+//! Answers compared with their replays (see the module docs of `audit`).
