@@ -1,1 +1,0 @@
-//! The peer comparison of behaviour (see the module docs of `audit`).
