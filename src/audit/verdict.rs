@@ -1,1 +1,0 @@
-//! Answers compared with their replays (see the module docs of `audit`).
