@@ -335,6 +335,17 @@ impl ControlState {
         let new = Arc::new(new);
         let drain_timeout = new.proxy().drain_timeout;
         self.table.store(new);
+        if config
+            .health
+            .as_ref()
+            .and_then(|h| h.version_header.as_ref())
+            .is_none()
+        {
+            // No checker reads versions any more: forget the last ones reported.
+            for b in self.table.load().backends() {
+                b.state.clear_version();
+            }
+        }
         self.deploy.configure(&config, &self.table);
 
         let deadline = Instant::now() + drain_timeout;

@@ -280,3 +280,19 @@ async fn admin_listen_needs_a_restart_but_a_new_token_applies() {
     let admin = table.config().admin.as_ref().unwrap();
     assert!(admin.token.as_ref().unwrap().matches(b"new"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_without_version_header_forgets_the_versions() {
+    let header = "[health]\nversion_header = \"x-clone-version\"\n";
+    let control = ControlState::new(
+        inputs(&["127.0.0.1:1", "127.0.0.1:2"], header),
+        tokio::runtime::Handle::current(),
+    );
+    let one = Arc::clone(&control.table().load().backends()[0].state);
+    one.set_version(control.deploy.versions().intern("v1"));
+    control.publish(inputs(&["127.0.0.1:1", "127.0.0.1:2"], header));
+    assert_eq!(control.status().backends[0].version.as_deref(), Some("v1"));
+    control.publish(inputs(&["127.0.0.1:1", "127.0.0.1:2"], ""));
+    assert_eq!(one.version(), 0);
+    assert_eq!(control.status().backends[0].version, None);
+}
