@@ -11,5 +11,6 @@
 //! Still to come: the `[audit]` section, the sampling and the response tap on the request
 //! path, the replays on the admin runtime, `/status`, metrics and the page.
 
+pub mod job;
 pub mod outlier;
 pub mod verdict;
