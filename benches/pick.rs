@@ -102,6 +102,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         admin: None,
         log: Default::default(),
         deploy: Default::default(),
+        audit: None,
         error_pages: Default::default(),
         backends: (0..n)
             .map(|i| BackendConfig {

@@ -141,6 +141,13 @@ impl Drop for Recorder {
     }
 }
 
+/// A sampled response's observer (the consistency audit): sees every data frame as it
+/// streams past, and is told of a clean end (dropped otherwise).
+pub trait Tap: Send + std::fmt::Debug {
+    fn data(&mut self, chunk: &[u8]);
+    fn end(self: Box<Self>);
+}
+
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub struct ResponseBody {
@@ -148,6 +155,8 @@ pub struct ResponseBody {
     /// The request's record, produced when the body ends or is dropped (`None` for bodies
     /// that answer no proxied request).
     rec: Option<Recorder>,
+    /// The audit's tap, on a sampled request only.
+    tap: Option<Box<dyn Tap>>,
 }
 
 #[derive(Debug)]
@@ -173,6 +182,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
             rec: None,
+            tap: None,
         }
     }
 
@@ -182,6 +192,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes)),
             rec: Some(rec),
+            tap: None,
         }
     }
 
@@ -198,7 +209,14 @@ impl ResponseBody {
                 finish: Some(Finish { guard, conn }),
             },
             rec: Some(rec),
+            tap: None,
         }
+    }
+
+    /// The same body, observed by `tap` (a sampled request).
+    pub(crate) fn with_tap(mut self, tap: Box<dyn Tap>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// The body ended (`clean`: read to its end) or failed: release the clone and the
@@ -215,6 +233,9 @@ impl ResponseBody {
                     End::Clean => {
                         conn.settle();
                         state.idle.put(conn, !state.keeps_idle());
+                        if let Some(tap) = self.tap.take() {
+                            tap.end();
+                        }
                         Outcome::Complete
                     }
                     End::CloneError if state.is_cut() => Outcome::Cut,
@@ -278,6 +299,9 @@ impl Body for ResponseBody {
                     Some(Ok(frame)) => {
                         if let (Some(d), Some(rec)) = (frame.data_ref(), &mut this.rec) {
                             rec.add_bytes(d.len() as u64);
+                            if let Some(tap) = &mut this.tap {
+                                tap.data(d);
+                            }
                         }
                         if ended {
                             this.end(End::Clean);

@@ -15,6 +15,7 @@ use http::HeaderValue;
 use rustls::ServerConfig;
 use tokio::time::Instant;
 
+use crate::audit::job::JobSink;
 use crate::config::{LimitsConfig, ProxyConfig};
 use crate::record::Completion;
 use crate::stats::ProcessStats;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub table: Arc<SharedTable>,
     pub tls: Arc<ArcSwapOption<ServerConfig>>,
     pub completion: Completion,
+    /// Where sampled answers go (`[audit]`; `None`: no audit at all).
+    pub audit: Option<Arc<dyn JobSink>>,
     cutting: AtomicBool,
 }
 
@@ -36,11 +39,13 @@ impl Shared {
         table: Arc<SharedTable>,
         tls: Arc<ArcSwapOption<ServerConfig>>,
         completion: Completion,
+        audit: Option<Arc<dyn JobSink>>,
     ) -> Self {
         Shared {
             table,
             tls,
             completion,
+            audit,
             cutting: AtomicBool::new(false),
         }
     }

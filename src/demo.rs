@@ -146,6 +146,7 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
         }),
         log: Default::default(),
         deploy: Default::default(),
+        audit: None,
         error_pages: Default::default(),
         backends,
     };

@@ -35,6 +35,7 @@ use hyper::body::{Body, Incoming};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
+use crate::audit::job::{self, AuditHead, AuditTap};
 use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{Recorder, ResponseBody};
 use crate::context::ConnContext;
@@ -57,6 +58,12 @@ thread_local! {
 /// on it. The table guard never outlives this call.
 fn acquire(table: &SharedTable, tried: &[SocketAddr]) -> Option<InFlightGuard> {
     pick(&table.load(), tried)
+}
+
+/// A number in [0, 1) from the worker's RNG (the audit's draw).
+fn draw() -> f64 {
+    use rand::Rng;
+    RNG.with(|rng| (rng.borrow_mut().next_u64() >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 /// Pick from a table already loaded.
@@ -99,6 +106,18 @@ pub async fn handle(
     };
     req.headers_mut()
         .insert(X_REQUEST_ID, rec.request_id().clone());
+    // The audit's draw (`[audit] sample`): a bodiless request that is not an upgrade; the
+    // lists are read only once drawn.
+    let mut audit_head = (policy.audit_sample > 0.0
+        && !websocket
+        && req.body().is_end_stream()
+        && draw() < policy.audit_sample
+        && table
+            .config()
+            .audit
+            .as_ref()
+            .is_some_and(|a| job::eligible(a, req.method(), req.uri().path())))
+    .then(|| AuditHead::of(&req));
     let first = pick(&table, &[]);
     let Some(mut guard) = first else {
         return Ok(own_answer(&ProxyError::NoClone, table.error_pages(), rec));
@@ -122,6 +141,18 @@ pub async fn handle(
         match attempt(state, req, &policy).await {
             Ok((mut resp, conn)) => {
                 let status = resp.status();
+                // The answer as the clone sent it (before clonelb adds its own headers).
+                let tap = match (audit_head.take(), &cx.shared.audit) {
+                    (Some(head), Some(sink)) => Some(AuditTap::new(
+                        head,
+                        Arc::clone(state),
+                        status,
+                        resp.headers().clone(),
+                        policy.audit_max_response,
+                        Arc::clone(sink),
+                    )),
+                    _ => None,
+                };
                 health::report(state, &policy, Attempt::Answered(status.as_u16()));
                 rec.head(status.as_u16());
                 resp.headers_mut()
@@ -137,10 +168,12 @@ pub async fn handle(
                         .headers
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                return Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::upstream(body, guard, conn, rec),
-                ));
+                let body = ResponseBody::upstream(body, guard, conn, rec);
+                let body = match tap {
+                    Some(tap) => body.with_tap(Box::new(tap)),
+                    None => body,
+                };
+                return Ok(Response::from_parts(parts, body));
             }
             Err(AttemptFailure { error, request }) => {
                 let error = match error {

@@ -53,6 +53,10 @@ pub struct Policy {
     pub active_checks: bool,
     /// `[log] access` is on: the request keeps what its access line needs.
     pub access_log: bool,
+    /// `[audit] sample` (0: no replays, the one branch the audit costs when off).
+    pub audit_sample: f64,
+    /// `[audit] max_response`.
+    pub audit_max_response: u64,
 }
 
 impl RoutingTable {
@@ -103,6 +107,8 @@ impl RoutingTable {
                 eject_on_5xx: config.eject_on_5xx(),
                 active_checks: config.health.is_some(),
                 access_log: config.log.access != AccessFormat::Off,
+                audit_sample: config.audit.as_ref().map_or(0.0, |a| a.sample),
+                audit_max_response: config.audit.as_ref().map_or(0, |a| a.max_response),
             },
             config: Arc::new(config.clone()),
             error_pages: Arc::default(),

@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, Method, Uri};
+use http::{HeaderMap, HeaderName, Method, Request, StatusCode, Uri};
 
-use super::verdict::Answer;
+use super::verdict::{Answer, BodyHash};
 use crate::backend::BackendState;
+use crate::body::Tap;
+use crate::config::AuditConfig;
 
 /// One sampled request and the answer its clone gave.
 #[derive(Debug)]
@@ -61,5 +63,93 @@ impl Skip {
             Skip::TooLarge => "too_large",
             Skip::ReplayFailed => "replay_failed",
         }
+    }
+}
+
+/// Where sampled answers go (the audit; a trait so the request path's context needs
+/// nothing of the audit task).
+pub trait JobSink: Send + Sync + std::fmt::Debug {
+    /// Hand over one job without blocking (a full queue skips it and counts `busy`).
+    fn submit(&self, job: Job);
+}
+
+/// Whether a request drawn for the audit may be replayed: a listed method and a path no
+/// `exclude_paths` prefix covers. (Bodiless and not a WebSocket upgrade are checked by the
+/// caller, before the draw.)
+pub fn eligible(audit: &AuditConfig, method: &Method, path: &str) -> bool {
+    audit.methods.iter().any(|m| m == method.as_str())
+        && !audit
+            .exclude_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+}
+
+/// The head of a sampled request as forwarded, kept for its replay.
+#[derive(Debug)]
+pub struct AuditHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl AuditHead {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        AuditHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+}
+
+/// A sampled response's tap: hashes the body as it streams to the client (never
+/// delaying or buffering it) and, at its clean end, hands the job to the audit.
+#[derive(Debug)]
+pub struct AuditTap {
+    head: AuditHead,
+    served: Arc<BackendState>,
+    status: StatusCode,
+    headers: HeaderMap,
+    hash: BodyHash,
+    sink: Arc<dyn JobSink>,
+}
+
+impl AuditTap {
+    /// The tap of `head`'s answer from `served`: its status and headers as the clone sent
+    /// them (before clonelb adds its own), bodies compared up to `max_response`.
+    pub fn new(
+        head: AuditHead,
+        served: Arc<BackendState>,
+        status: StatusCode,
+        headers: HeaderMap,
+        max_response: u64,
+        sink: Arc<dyn JobSink>,
+    ) -> Self {
+        AuditTap {
+            head,
+            served,
+            status,
+            headers,
+            hash: BodyHash::new(max_response),
+            sink,
+        }
+    }
+}
+
+impl Tap for AuditTap {
+    fn data(&mut self, chunk: &[u8]) {
+        self.hash.update(chunk);
+    }
+
+    fn end(self: Box<Self>) {
+        let t = *self;
+        let answer = Answer::new(t.status, t.headers, &t.hash);
+        t.sink.submit(Job {
+            served: t.served,
+            method: t.head.method,
+            uri: t.head.uri,
+            headers: t.head.headers,
+            answer,
+        });
     }
 }

@@ -98,6 +98,21 @@ pub enum ConfigError {
     },
     #[error("warning: no [[backend]] entries: every request will be answered 503")]
     NoBackends,
+    #[error("`{key}` = {value} must be a number from 0 to 1")]
+    NotAFraction { key: &'static str, value: String },
+    #[error("`{key}` = {value} must be a number above 1")]
+    FactorNotAboveOne { key: &'static str, value: String },
+    #[error("`{key}` = \"{value}\" must be from {min} to {max}")]
+    DurationOutOfRange {
+        key: &'static str,
+        value: String,
+        min: &'static str,
+        max: &'static str,
+    },
+    #[error("method \"{value}\" cannot be audited: only safe methods are replayed (GET, HEAD, OPTIONS, TRACE)")]
+    UnsafeMethod { value: String },
+    #[error("path prefix \"{value}\" must start with '/'")]
+    BadPathPrefix { value: String },
     #[error("invalid header name \"{value}\" for `{key}`")]
     BadHeaderName { key: &'static str, value: String },
     #[error("`mode = \"atomic\"` needs `version_header` in [health] (the clones' versions come from their health checks)")]

@@ -38,9 +38,9 @@ mod walker;
 
 pub use self::error::{format_diagnostic, ConfigError, Diagnostic, LoadError};
 pub use self::schema::{
-    AdminConfig, BackendConfig, BalancerConfig, Config, DeployConfig, HealthConfig, LimitsConfig,
-    ListenConfig, LogConfig, ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES,
-    MAX_WEIGHT, MIN_HEADER_SIZE,
+    AdminConfig, AuditConfig, BackendConfig, BalancerConfig, Config, DeployConfig, HealthConfig,
+    LimitsConfig, ListenConfig, LogConfig, ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD,
+    MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_SIZE,
 };
 pub use self::values::{
     page_content_type, parse_address, parse_duration, parse_size, AccessFormat, Choice, CutoverAt,

@@ -203,6 +203,33 @@ section! {
 }
 
 section! {
+    /// `[audit]`: the consistency audit (its presence turns it on): sampled safe requests
+    /// replayed on a second clone and compared, and each clone's behaviour compared with
+    /// the pool's.
+    #[derive(Debug, Clone, PartialEq, Serialize)]
+    pub struct AuditConfig in "[audit]" with Default {
+        /// Share of eligible requests replayed on a second clone (0: no replays).
+        sample: f64 = 0.01 => fraction,
+        /// Methods audited: GET, HEAD, OPTIONS, TRACE only.
+        methods: Vec<String> = vec!["GET".into(), "HEAD".into()] => safe_methods,
+        /// Answers larger than this are not compared.
+        max_response: u64 = 1024 * 1024 => size(0),
+        /// The peer comparison's window (10 s to 60 s).
+        window: Duration = secs(60) => audit_window,
+        /// How many times worse than the pool's median makes an outlier (above 1).
+        outlier_factor: f64 = 3.0 => factor,
+        /// Take an outlier out of rotation (one at a time, never below half the pool).
+        eject_outliers: bool = false => boolean,
+        /// Headers never compared.
+        ignore_headers: Vec<String> = vec!["date".into(), "set-cookie".into(), "x-request-id".into()] => header_names,
+        /// Path prefixes never audited.
+        exclude_paths: Vec<String> = vec!["/healthz".into()] => path_prefixes,
+        /// Replays in flight at once; beyond it a sample is skipped (`busy`).
+        max_concurrent: u32 = 4 => count(1..=u32::MAX),
+    }
+}
+
+section! {
     /// One `[[backend]]`: a clone.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
     pub struct BackendConfig in "[[backend]]" {
@@ -231,6 +258,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub deploy: DeployConfig,
+    /// `None` when `[audit]` is absent: no audit.
+    pub audit: Option<AuditConfig>,
     /// `[error_pages]`: status → file (relative paths joined to lb.toml's folder) served
     /// instead of clonelb's own text for that status. Only the paths: the files are read
     /// by `error_pages` when the file is loaded.

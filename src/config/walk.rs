@@ -30,6 +30,7 @@ const TOP_KEYS: &[&str] = &[
     "admin",
     "log",
     "deploy",
+    "audit",
     "error_pages",
     "backend",
 ];
@@ -60,6 +61,7 @@ impl Walker<'_> {
         let reload = self.optional(root, "reload");
         let log = self.optional(root, "log");
         let deploy = self.deploy(root, health.as_ref());
+        let audit = self.table(root, "audit").map(|(t, _)| self.read(t));
         let admin = self
             .table(root, "admin")
             .map(|(t, span)| self.admin(t, span));
@@ -89,6 +91,7 @@ impl Walker<'_> {
             admin,
             log,
             deploy,
+            audit,
             error_pages,
             backends,
         }
