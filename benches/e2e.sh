@@ -28,6 +28,11 @@
 #                   ([log] access = "json" to a file under $RUN, truncated before each run);
 #                   the report adds "clonelb-log vs clonelb-rr" from per-round ratios, e.g.
 #                   --targets "clonelb-rr clonelb-log haproxy".
+#   --audit SHARE   one more target: clonelb-audit, clonelb-rr with [audit] sample = SHARE
+#                   (e.g. 0.1); the report adds "clonelb-audit vs clonelb-rr" from per-round
+#                   ratios (CPU per request, req/s, p99). Its replays open their own
+#                   connections to the backends, which the new-upstream-connections column
+#                   counts.
 #   --clonelb BIN   the clonelb binary under test ("the current build"). Default: build
 #                   $ROOT/target/release/clonelb with cargo and use it; with --clonelb nothing
 #                   is built (unless nginx is missing: then only examples/clone, the fallback
@@ -80,6 +85,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 TARGETS="direct clonelb-rr clonelb-lc haproxy nginx"
 CLONELB=""
 BASELINE=""
+AUDIT=""
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -95,6 +101,7 @@ while [[ $# -gt 0 ]]; do
     --targets) TARGETS=$2; shift 2;;
     --clonelb) CLONELB=$2; shift 2;;
     --baseline) BASELINE=$2; shift 2;;
+    --audit) AUDIT=$2; shift 2;;
     --quick) ROUNDS=1; DURATION=3; CONNS=64; IDLE=2000; WORKERS2=0; shift;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0;;
     *) echo "e2e.sh: unknown option $1" >&2; exit 2;;
@@ -156,6 +163,11 @@ BASELINE_PORTS=""
 [[ -n $BASELINE ]] && BASELINE_PORTS="18033 18034 18433 18434"
 LOG_PORTS=""
 [[ " $TARGETS " = *" clonelb-log "* ]] && LOG_PORTS="18035 18435"
+if [[ -n $AUDIT ]]; then
+  [[ " $TARGETS " = *" clonelb-audit "* ]] || TARGETS="$TARGETS clonelb-audit"
+  [[ " $TARGETS " = *" clonelb-rr "* ]] || TARGETS="clonelb-rr $TARGETS"
+  LOG_PORTS="$LOG_PORTS 18036 18436"
+fi
 for port in 9001 9002 9003 9009 18001 18011 18201 18211 18031 18032 18401 18411 18431 18432 \
     $BASELINE_PORTS $LOG_PORTS; do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use; stop what uses it first"
@@ -227,6 +239,9 @@ clonelb_config() {  # clonelb_config BIN NAME STRATEGY PORT H2PORT [ACCESS_LOG] 
     if [[ -n ${4:-} ]]; then
       printf '[log]\naccess = "json"\naccess_path = "%s"\n' "$4"
     fi
+    if [[ -n ${5:-} ]]; then
+      printf '[audit]\nsample = %s\n' "$5"
+    fi
     echo "[listen]"
     echo "http = \"127.0.0.1:$2\""
     if [[ $HAVE_TLS = 1 ]]; then
@@ -250,14 +265,15 @@ lb_cpus() { if [[ $WORKERS = 2 ]]; then echo "$LB_CPU,$LOAD_CPU"; else echo "$LB
 start_target() {  # start_target NAME
   local w=""; [[ $WORKERS = 2 ]] && w=-w2   # the two-worker instances' logs and configs
   case $1 in
-    clonelb-rr|clonelb-lc|baseline-rr|baseline-lc|clonelb-log)
-      local strategy=round-robin port=18031 h2=18431 bin=$CLONELB log=""
+    clonelb-rr|clonelb-lc|baseline-rr|baseline-lc|clonelb-log|clonelb-audit)
+      local strategy=round-robin port=18031 h2=18431 bin=$CLONELB log="" audit=""
       [[ $1 = *-lc ]] && { strategy=least-connections; port=18032; h2=18432; }
       # the baseline build: same config on ports two above
       [[ $1 = baseline-* ]] && { bin=$BASELINE; port=$((port + 2)); h2=$((h2 + 2)); }
       local conf=${1%%-*}-$strategy   # clonelb-round-robin, baseline-least-connections, ...
       [[ $1 = clonelb-log ]] && { port=18035; h2=18435; conf=clonelb-log; log=$RUN/access.log; }
-      if clonelb_config "$bin" "$conf" $strategy $port $h2 $log; then H2PORT[$1]=$h2; fi
+      [[ $1 = clonelb-audit ]] && { port=18036; h2=18436; conf=clonelb-audit; audit=$AUDIT; }
+      if clonelb_config "$bin" "$conf" $strategy $port $h2 "$log" "$audit"; then H2PORT[$1]=$h2; fi
       H2CPORT[$1]=$port   # the plain listener takes HTTP/2 by prior knowledge too
       # one worker per CPU it may run on: 1 under taskset -c $LB_CPU, 2 on both CPUs
       CLONELB_LOG=warn taskset -c "$(lb_cpus)" "$bin" run --config "$RUN/$conf.toml" \
@@ -587,8 +603,9 @@ for kind in TITLES:
                       f"req/s {statistics.median(rr):.3f}, CPU µs/req {statistics.median(cpu):.3f}")
         cmp = [(t, "baseline-" + t[len("clonelb-"):]) for t in targets
                if t.startswith("clonelb-") and "baseline-" + t[len("clonelb-"):] in m]
-        if "clonelb-log" in m and "clonelb-rr" in m:
-            cmp.append(("clonelb-log", "clonelb-rr"))
+        for extra in ("clonelb-log", "clonelb-audit"):
+            if extra in m and "clonelb-rr" in m:
+                cmp.append((extra, "clonelb-rr"))
         if cmp:
             print()
         for new, old in cmp:
