@@ -275,7 +275,7 @@ impl Balancer {
                 Arc::clone(control.process_stats()),
                 Some(Arc::clone(control.access_log()) as Arc<dyn record::AccessSink>),
             ),
-            None,
+            Some(Arc::clone(control.audit()) as Arc<dyn audit::job::JobSink>),
         ));
         let (signal, _) = watch::channel(Signal::Run);
         let mut balancer = Balancer {

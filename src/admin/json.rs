@@ -25,6 +25,31 @@ pub(super) fn status(s: &Status, path: Option<PathBuf>) -> Value {
         "strategy": s.strategy.as_str(),
         "backends": s.backends.iter().map(clone_entry).collect::<Vec<_>>(),
         "deploy": deploy(&s.deploy),
+        "audit": audit(&s.audit),
+    })
+}
+
+/// The `audit` object of `/status` (`null` without `[audit]`).
+fn audit(a: &crate::audit::task::AuditSnapshot) -> Value {
+    if !a.enabled {
+        return Value::Null;
+    }
+    let by_reason: serde_json::Map<String, Value> = crate::audit::job::Skip::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), json!(a.skipped(*r))))
+        .collect();
+    json!({
+        "checked": a.checked(),
+        "skipped": a.skipped_total(),
+        "skipped_by_reason": by_reason,
+        "mismatches": a.mismatches(),
+        "odd_clone": a.odd_clone(),
+        "recent": a.verdicts.recent.iter().map(|m| json!({
+            "path": &*m.path,
+            "served": &*m.served.name,
+            "peer": &*m.peer.name,
+            "difference": m.difference.to_string(),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -153,6 +153,34 @@ pub(super) fn render(s: &Status) -> Result<String, String> {
         MetricType::COUNTER,
         vec![counter(&[], s.deploy.fallbacks_total)],
     ));
+    if s.audit.enabled {
+        families.push(family(
+            "clonelb_audit_checks_total",
+            "Sampled answers compared with their replay on a second clone.",
+            MetricType::COUNTER,
+            vec![counter(&[], s.audit.checked())],
+        ));
+        families.push(family(
+            "clonelb_audit_mismatches_total",
+            "Comparisons that disagreed, counted against both clones of the pair.",
+            MetricType::COUNTER,
+            s.audit
+                .verdicts
+                .clones
+                .iter()
+                .map(|c| counter(&[("backend", &c.clone.name)], c.mismatches))
+                .collect(),
+        ));
+        families.push(family(
+            "clonelb_audit_skipped_total",
+            "Samples not compared, by reason.",
+            MetricType::COUNTER,
+            crate::audit::job::Skip::ALL
+                .iter()
+                .map(|r| counter(&[("reason", r.as_str())], s.audit.skipped(*r)))
+                .collect(),
+        ));
+    }
 
     // A family with no series (no clones) cannot be written: leave it out.
     families.retain(|f| !f.get_metric().is_empty());

@@ -41,6 +41,25 @@ pub struct Settings {
     pub response_timeout: std::time::Duration,
 }
 
+impl Settings {
+    /// `[audit]` of `config` as the audit task uses it (`None`: the audit is off).
+    pub fn of(config: &crate::config::Config) -> Option<Settings> {
+        let a = config.audit.as_ref()?;
+        Some(Settings {
+            max_response: a.max_response,
+            // Validated header names (lb.toml's check), so none is dropped here.
+            ignore_headers: a
+                .ignore_headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+            max_concurrent: a.max_concurrent,
+            connect_timeout: config.proxy.connect_timeout,
+            response_timeout: config.proxy.response_timeout,
+        })
+    }
+}
+
 /// Why a sample was not compared (the `reason` label of `clonelb_audit_skipped_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Skip {

@@ -290,3 +290,9 @@ async fn run(mut rx: mpsc::Receiver<Job>, inner: Arc<Inner>) {
 
 #[cfg(test)]
 mod tests;
+
+impl super::job::JobSink for Audit {
+    fn submit(&self, job: Job) {
+        Audit::submit(self, job);
+    }
+}

@@ -99,6 +99,7 @@ impl DeployControl {
         CheckHooks {
             versions: Arc::clone(&self.versions),
             changed: Arc::clone(&self.changed),
+            ..CheckHooks::default()
         }
     }
 

@@ -36,6 +36,8 @@ use rustls::ServerConfig;
 use tokio::time::Instant;
 
 use crate::access_log::{self, AccessLog};
+use crate::audit::job::Settings as AuditSettings;
+use crate::audit::task::Audit;
 use crate::backend::{Backend, BackendState};
 use crate::config::Config;
 use crate::error_pages::ErrorPages;
@@ -104,6 +106,8 @@ pub struct ControlState {
     access: Arc<AccessLog>,
     /// Versions, the deploy gate and its task.
     deploy: Arc<deploy::DeployControl>,
+    /// The consistency audit (on with `[audit]`).
+    audit: Arc<Audit>,
 }
 
 struct Inner {
@@ -138,6 +142,16 @@ impl ControlState {
         let access = Arc::new(AccessLog::new(Arc::clone(&process)));
         access.configure(access_log::Settings::of(&inputs.config.log));
         let deploy = Arc::new(deploy::DeployControl::default());
+        let audit = Arc::new(Audit::new());
+        let mut hooks = deploy.hooks();
+        hooks.reset = {
+            let audit = Arc::downgrade(&audit);
+            Arc::new(move |addr| {
+                if let Some(a) = audit.upgrade() {
+                    a.reset(addr);
+                }
+            })
+        };
         let state = Arc::new(ControlState {
             table: Arc::new(ArcSwap::from_pointee(
                 RoutingTable::build(&inputs.config, None)
@@ -154,13 +168,17 @@ impl ControlState {
                 loaded_at: SystemTime::now(),
                 last_error: None,
                 draining: Vec::new(),
-                health: HealthChecks::new(deploy.hooks()),
+                health: HealthChecks::new(hooks),
             }),
             process,
             history: Mutex::new(History::default()),
             access,
             deploy,
+            audit,
         });
+        state
+            .audit
+            .configure(AuditSettings::of(&inputs.config), Arc::clone(&state.table));
         state.deploy.configure(&inputs.config, &state.table);
         state.rt.spawn(deploy::DeployControl::run(
             Arc::downgrade(&state.deploy),
@@ -223,6 +241,11 @@ impl ControlState {
     /// connections, reloads.
     pub fn process_stats(&self) -> &Arc<ProcessStats> {
         &self.process
+    }
+
+    /// The consistency audit (the request path hands it sampled answers).
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
     }
 
     /// The access log (for the completion hook, SIGUSR1 and shutdown).
@@ -347,9 +370,12 @@ impl ControlState {
             }
         }
         self.deploy.configure(&config, &self.table);
+        self.audit
+            .configure(AuditSettings::of(&config), Arc::clone(&self.table));
 
         let deadline = Instant::now() + drain_timeout;
         for b in &removed {
+            self.audit.forget(b.address);
             b.state.set_draining(true);
             tracing::info!(clone = %b.name, address = %b.address, in_flight = b.state.in_flight(), "clone removed; draining");
             inner.draining.push(Draining {
@@ -407,6 +433,7 @@ impl ControlState {
             backends,
             process: self.process.snapshot(),
             deploy: self.deploy.status(table.backends()),
+            audit: self.audit.snapshot(),
         }
     }
 
@@ -425,38 +452,6 @@ impl ControlState {
         inner
             .health
             .sync(&self.rt, table.config().health.as_ref(), &clones);
-    }
-
-    /// Drop draining clones that are idle, or whose drain_timeout passed.
-    fn reap_drained(&self) {
-        let mut inner = self.lock();
-        if inner.draining.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let before = inner.draining.len();
-        inner.draining.retain(|d| {
-            // Requests (and WebSocket tunnels) still on the clone: what a cut would end.
-            let in_flight = d.backend.state.in_flight();
-            if in_flight == 0 {
-                tracing::info!(clone = %d.backend.name, address = %d.backend.address, "clone drained and dropped");
-                return false;
-            }
-            if now >= d.deadline {
-                tracing::warn!(
-                    clone = %d.backend.name,
-                    address = %d.backend.address,
-                    cut = in_flight,
-                    "drain_timeout passed; cutting the requests still in flight"
-                );
-                d.backend.state.cut_connections();
-                return false;
-            }
-            true
-        });
-        if inner.draining.len() != before {
-            self.sync_health(&mut inner);
-        }
     }
 
     /// Stop the health checkers (at shutdown).

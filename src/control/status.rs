@@ -32,6 +32,8 @@ pub struct Status {
     pub process: ProcessSnapshot,
     /// Versions and the deploy mode (`deploy` in `/status`).
     pub deploy: DeployStatus,
+    /// The consistency audit's counters and verdicts (`audit` in `/status`).
+    pub audit: crate::audit::task::AuditSnapshot,
 }
 
 impl Status {

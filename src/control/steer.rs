@@ -2,6 +2,8 @@
 //! disabled mark lives in the clone's `BackendState`, so it survives reloads that keep the
 //! clone; nothing here touches the table's shape.
 
+use tokio::time::Instant;
+
 use super::{CloneStatus, ControlState};
 
 /// How far a clone is from being safe to stop.
@@ -34,6 +36,7 @@ impl ControlState {
             b.state.set_disabled(disabled);
             if !disabled {
                 self.lock().health.check_now(b.address);
+                self.audit.reset(b.address);
             }
             self.deploy.ring();
             tracing::info!(
@@ -73,6 +76,38 @@ impl ControlState {
             Some(_) => Drain::Enabled,
             None if inner.seen.contains(name) => Drain::Drained,
             None => Drain::NeverSeen,
+        }
+    }
+
+    /// Drop draining clones that are idle, or whose drain_timeout passed.
+    pub(super) fn reap_drained(&self) {
+        let mut inner = self.lock();
+        if inner.draining.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let before = inner.draining.len();
+        inner.draining.retain(|d| {
+            // Requests (and WebSocket tunnels) still on the clone: what a cut would end.
+            let in_flight = d.backend.state.in_flight();
+            if in_flight == 0 {
+                tracing::info!(clone = %d.backend.name, address = %d.backend.address, "clone drained and dropped");
+                return false;
+            }
+            if now >= d.deadline {
+                tracing::warn!(
+                    clone = %d.backend.name,
+                    address = %d.backend.address,
+                    cut = in_flight,
+                    "drain_timeout passed; cutting the requests still in flight"
+                );
+                d.backend.state.cut_connections();
+                return false;
+            }
+            true
+        });
+        if inner.draining.len() != before {
+            self.sync_health(&mut inner);
         }
     }
 }

@@ -188,12 +188,31 @@ fn jittered(interval: Duration, rng: &mut impl Rng) -> Duration {
     interval.mul_f64(f)
 }
 
-/// What the checkers share with the deploy task: where versions are interned, and a
-/// bell rung whenever a clone's version or health changed.
-#[derive(Debug, Clone, Default)]
+/// What the checkers share with the deploy task and the audit: where versions are
+/// interned, a bell rung whenever a clone's version or health changed, and `reset`,
+/// called with a clone's address when it goes down or reports a new version (the audit
+/// starts its comparison window over).
+#[derive(Clone)]
 pub struct CheckHooks {
     pub versions: Arc<Versions>,
     pub changed: Arc<Notify>,
+    pub reset: Arc<dyn Fn(SocketAddr) + Send + Sync>,
+}
+
+impl Default for CheckHooks {
+    fn default() -> Self {
+        CheckHooks {
+            versions: Arc::default(),
+            changed: Arc::default(),
+            reset: Arc::new(|_| {}),
+        }
+    }
+}
+
+impl std::fmt::Debug for CheckHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckHooks").finish_non_exhaustive()
+    }
 }
 
 /// Check one clone forever (until the task is aborted). `now` cuts a wait short (an
@@ -260,6 +279,9 @@ pub async fn check_loop(
             .is_some_and(|before| before != version);
         if changed || transition.is_some() {
             hooks.changed.notify_one();
+        }
+        if (changed && version != 0) || transition == Some(Transition::Down) {
+            (hooks.reset)(state.address());
         }
         wait(jittered(cfg.interval, &mut rng), &now).await;
     }
