@@ -1157,3 +1157,73 @@ fn good_cutover_at_is_valid_and_a_count_above_the_clones_only_warns() {
         )]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// [audit] (issue 16)
+// ---------------------------------------------------------------------------------------
+
+/// The message for an unsafe method listed in `[audit] methods`.
+fn unsafe_method_msg(method: &str) -> String {
+    format!(
+        "method \"{method}\" cannot be audited: only safe methods are replayed (GET, HEAD, OPTIONS, TRACE)"
+    )
+}
+
+#[test]
+fn post_in_audit_methods_fails_check_at_its_value() {
+    let post = unsafe_method_msg("POST");
+    assert_invalid(
+        "audit-post",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[audit]",
+            "sample = 1.0",
+            r#"methods = ["GET", "POST"]"#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+        &[(5, 19, &post)],
+    );
+    // Every unsafe method is its own error, in file order; the safe ones pass.
+    let (put, delete) = (unsafe_method_msg("PUT"), unsafe_method_msg("DELETE"));
+    assert_invalid(
+        "audit-put-delete",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[audit]",
+            r#"methods = ["PUT", "HEAD","#,
+            r#"  "DELETE"]"#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+        &[(4, 12, &put), (5, 3, &delete)],
+    );
+    // The same section with only safe methods is valid.
+    let scratch = Scratch::new("audit-safe");
+    let path = scratch.write(
+        "lb.toml",
+        &[
+            "[listen]",
+            r#"http = "127.0.0.1:8080""#,
+            "[audit]",
+            "sample = 1.0",
+            r#"methods = ["GET", "HEAD", "OPTIONS", "TRACE"]"#,
+            "[[backend]]",
+            r#"address = "127.0.0.1:9001""#,
+        ],
+    );
+    let out = check(&path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -789,3 +789,190 @@ pub fn file_lines(path: &std::path::Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// What a programmable clone ([`spawn_app`]) answers: built by the test's handler.
+#[derive(Clone, Debug)]
+pub struct AppReply {
+    pub status: StatusCode,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// How long the clone waits before sending the head.
+    pub delay: Duration,
+}
+
+impl AppReply {
+    /// 200 with `body`, no extra header, at once.
+    pub fn ok(body: impl Into<Bytes>) -> AppReply {
+        AppReply {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn status(mut self, code: u16) -> AppReply {
+        self.status = StatusCode::from_u16(code).unwrap();
+        self
+    }
+    /// Add a header (a `date` given here replaces the one hyper would add).
+    pub fn header(mut self, name: &str, value: &str) -> AppReply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+    /// Send the head only after `d`.
+    pub fn after(mut self, d: Duration) -> AppReply {
+        self.delay = d;
+        self
+    }
+}
+
+/// One request a programmable clone answered (not its health checks).
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: http::Method,
+    /// Path and query, as received.
+    pub target: String,
+    /// It carried `x-clonelb-audit` (a replay).
+    pub audit: bool,
+}
+
+/// The handler of a programmable clone: request head and whole body in, answer out.
+pub type Handler = dyn Fn(&http::request::Parts, &Bytes) -> AppReply + Send + Sync + 'static;
+
+/// A clone whose answers the test programs ([`spawn_app`]).
+pub struct AppClone {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl AppClone {
+    /// Every request it answered so far (health checks excluded), in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    /// How many of them satisfy `f`.
+    pub fn count(&self, f: impl Fn(&Seen) -> bool) -> usize {
+        self.seen.lock().unwrap().iter().filter(|s| f(s)).count()
+    }
+    /// Requests answered (health checks excluded).
+    pub fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for AppClone {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+/// A clone on 127.0.0.1:0 (own thread and runtime, like [`spawn_clone`]) whose answers
+/// come from `handler`, called with the request's head and whole body. `/healthz` always
+/// answers 200 `ok` without calling it. Unlike [`TestClone`], nothing is added to the
+/// answer but what the handler says (and the `date` hyper adds when the handler sets
+/// none), so identical handlers give identical answers. Stops when the handle is dropped.
+pub fn spawn_app(
+    name: &str,
+    handler: impl Fn(&http::request::Parts, &Bytes) -> AppReply + Send + Sync + 'static,
+) -> AppClone {
+    let handler: Arc<Handler> = Arc::new(handler);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let stop = tokio::task::spawn_blocking(move || {
+                let _ = stop_rx.recv();
+            });
+            let serve = async {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let handler = Arc::clone(&handler);
+                    let log = Arc::clone(&log);
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| {
+                            app_service(req, Arc::clone(&handler), Arc::clone(&log))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = stop => {}
+            }
+        });
+        drop(rt);
+    });
+    let addr = addr_rx.recv().unwrap();
+    AppClone {
+        name: name.to_string(),
+        addr,
+        seen,
+        stop: Some(stop_tx),
+    }
+}
+
+async fn app_service(
+    req: Request<Incoming>,
+    handler: Arc<Handler>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.uri().path() == "/healthz" {
+        return Ok(Response::new(Full::new(Bytes::from("ok"))));
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        audit: parts.headers.contains_key("x-clonelb-audit"),
+    });
+    let reply = handler(&parts, &body);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = reply.status;
+    for (k, v) in &reply.headers {
+        resp.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    Ok(resp)
+}
+
+/// lb.toml text for programmable clones (round-robin, weight 1 each) with an admin
+/// listener on a free port; `extra` is appended (e.g. an `[audit]` section).
+pub fn app_config(clones: &[&AppClone], proxy: &str, extra: &str) -> String {
+    let mut s = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[balancer]\nstrategy = \"round-robin\"\n[proxy]\n{proxy}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    for c in clones {
+        s.push_str(&format!(
+            "[[backend]]\naddress = \"{}\"\nname = \"{}\"\n",
+            c.addr, c.name
+        ));
+    }
+    s.push_str(extra);
+    s.push('\n');
+    s
+}
