@@ -232,7 +232,7 @@ async fn sampled_answers_reach_the_user_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the audit task (branch audit-task)"]
+
 async fn identical_clones_never_disagree_over_2000_requests() {
     let clones = [
         spawn_app("a", stateless),
@@ -317,7 +317,7 @@ fn cart_app(carts: Carts) -> impl Fn(&Parts, &Bytes) -> AppReply + Send + Sync +
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the audit task (branch audit-task)"]
+
 async fn a_clone_keeping_sessions_in_local_memory_is_the_odd_clone() {
     let shared: Carts = Arc::default();
     let a = spawn_app("a", cart_app(Arc::clone(&shared)));
@@ -389,7 +389,7 @@ async fn a_clone_keeping_sessions_in_local_memory_is_the_odd_clone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the audit task (branch audit-task)"]
+
 async fn a_different_body_on_one_path_is_a_body_mismatch_on_that_path() {
     fn price(cents: &'static str) -> impl Fn(&Parts, &Bytes) -> AppReply + Send + Sync {
         move |p: &Parts, b: &Bytes| match p.uri.path() {
@@ -438,7 +438,7 @@ async fn a_different_body_on_one_path_is_a_body_mismatch_on_that_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the audit task (branch audit-task)"]
+
 async fn clones_differing_only_in_their_date_header_match() {
     fn dated(date: &'static str) -> impl Fn(&Parts, &Bytes) -> AppReply + Send + Sync {
         move |p: &Parts, b: &Bytes| stateless(p, b).header("date", date)
@@ -469,7 +469,7 @@ async fn clones_differing_only_in_their_date_header_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the audit task (branch audit-task)"]
+
 async fn post_is_never_replayed_even_at_full_sample() {
     let clones = [
         spawn_app("a", stateless),
