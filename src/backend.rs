@@ -7,9 +7,11 @@
 //!
 //! A `BackendState` is keyed by the clone's address and lives in an `Arc`, so a reload that
 //! keeps the address keeps the state (health, in-flight, counters, idle connections).
-//! Writers touch one atomic field each: health checks and passive ejection write `down`,
-//! the control plane writes `draining` (and, with the admin API, `disabled`). The request
-//! path only reads flags and bumps counters, so it never waits on anyone.
+//! Writers touch one bit of one atomic field each: health checks and passive ejection
+//! write `down`, the control plane writes `draining` (and, with the admin API, `disabled`;
+//! with `[audit] eject_outliers`, `outlier`). Each writer sets or clears only its own bit,
+//! so none undoes another's (a passing health check cannot readmit an ejected outlier).
+//! The request path only reads flags and bumps counters, so it never waits on anyone.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
@@ -42,6 +44,11 @@ impl Backend {
 const DOWN: u8 = 1;
 const DISABLED: u8 = 2;
 const DRAINING: u8 = 4;
+/// Ejected by the peer comparison (`[audit] eject_outliers`): markedly worse than the
+/// other clones over the audit window. Written only by the control plane's audit step.
+const OUTLIER: u8 = 16;
+/// All of them: [`BackendState::is_available`] is one load and this mask.
+const UNAVAILABLE: u8 = DOWN | DISABLED | DRAINING | OUTLIER;
 /// Not an availability flag: set when a drain timed out and its connections were cut, so
 /// the requests that fail because of it are recorded as `cut`, not as the clone's error.
 const CUT: u8 = 8;
@@ -147,10 +154,17 @@ impl BackendState {
         }
     }
 
-    /// Up, not disabled, not draining: may receive new requests. One load.
+    /// Up, not disabled, not draining, not an ejected outlier: may receive new requests.
+    /// One load.
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.flags.load(Relaxed) & (DOWN | DISABLED | DRAINING) == 0
+        self.flags.load(Relaxed) & UNAVAILABLE == 0
+    }
+
+    /// Available but for the `OUTLIER` mark: what the peer comparison calls available (it
+    /// knows which clone it ejected itself).
+    pub fn is_available_but_for_outlier(&self) -> bool {
+        self.flags.load(Relaxed) & (UNAVAILABLE & !OUTLIER) == 0
     }
 
     /// The version id its checks report (0 = unknown).
@@ -202,14 +216,25 @@ impl BackendState {
     pub fn is_draining(&self) -> bool {
         self.flags.load(Relaxed) & DRAINING != 0
     }
+    /// Ejected as an outlier by the peer comparison (`[audit] eject_outliers`).
+    pub fn is_outlier(&self) -> bool {
+        self.flags.load(Relaxed) & OUTLIER != 0
+    }
     /// Its drain timed out and its connections were cut.
     pub fn is_cut(&self) -> bool {
         self.flags.load(Relaxed) & CUT != 0
     }
 
-    /// Returns whether the clone was down before.
+    /// Returns whether the clone was down before. Touches only `DOWN`: an ejected
+    /// outlier stays out whatever its checks say.
     pub fn set_down(&self, down: bool) -> bool {
         self.set_flag(DOWN, down) & DOWN != 0
+    }
+    /// Take the clone out of rotation as an outlier, or put it back (the control plane's
+    /// audit step only). Its idle connections are kept: it comes back after one window.
+    /// Returns whether it was marked before.
+    pub fn set_outlier(&self, outlier: bool) -> bool {
+        self.set_flag(OUTLIER, outlier) & OUTLIER != 0
     }
     /// Ops take the clone out of rotation (or put it back): like a draining clone, a
     /// disabled one gets no new request, its idle connections are closed and not refilled,
@@ -442,6 +467,18 @@ mod tests {
         assert!(!s.is_available() && s.is_disabled() && !s.is_down());
         s.set_disabled(false);
         assert!(s.is_available());
+        // An ejected outlier is unavailable, and health cannot undo it.
+        assert!(!s.set_outlier(true));
+        assert!(!s.is_available() && s.is_outlier() && s.is_available_but_for_outlier());
+        s.set_down(true);
+        assert!(!s.is_available_but_for_outlier());
+        s.set_down(false);
+        assert!(
+            !s.is_available() && s.is_outlier(),
+            "set_down touches DOWN only"
+        );
+        assert!(s.set_outlier(false));
+        assert!(s.is_available() && !s.is_outlier());
         let g1 = s.acquire();
         let g2 = s.acquire();
         assert_eq!(s.in_flight(), 2);

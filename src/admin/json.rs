@@ -97,6 +97,13 @@ pub(super) fn clone_entry(c: &CloneStatus) -> Value {
             "p50_ms": c.last_minute.p50_ms,
             "p99_ms": c.last_minute.p99_ms,
         },
+        // The peer comparison (`[audit]`): null, or the metric it is markedly worse on.
+        "outlier": c.outlier.as_ref().map(|o| json!({
+            "metric": o.metric,
+            "value": o.value,
+            "pool_median": o.pool_median,
+            "ejected": o.ejected,
+        })),
         // The last minute second by second, oldest first (the status page's charts).
         "history": c.history.iter().map(|h| json!({
             "t": rfc3339(h.t),

@@ -6,7 +6,8 @@
 //! included), and the second's time-to-head histogram delta. At most [`SECONDS`] entries
 //! are kept; a clone that left both the table and the drain list is forgotten at the next
 //! tick. [`History::view`] sums a clone's entries into a [`LastMinute`] and lists them as
-//! [`HistoryPoint`]s.
+//! [`HistoryPoint`]s; [`History::window`] sums only its last N (the audit's peer
+//! comparison, over `[audit] window`).
 //!
 //! Memory, for 10,000 clones: per clone, the counters at the last tick (62 bucket counts
 //! and 5 class counts, kept as `u32`: deltas are taken with wrapping subtraction, exact as
@@ -105,24 +106,21 @@ impl History {
         self.clones.retain(|_, r| r.seen == generation);
     }
 
+    /// `state`'s last `seconds` entries (at most [`SECONDS`]; fewer if it has fewer)
+    /// summed: requests, 5xx errors, and p50/p99 over their merged histogram buckets (the
+    /// peer comparison's window). Empty for 0 seconds or before the clone's first tick.
+    pub fn window(&self, state: &BackendState, seconds: usize) -> LastMinute {
+        self.clones
+            .get(&key(state))
+            .map_or_else(LastMinute::default, |ring| ring.sum(seconds))
+    }
+
     /// `state`'s last minute and its seconds, oldest first (empty before its first tick).
     pub fn view(&self, state: &BackendState) -> (LastMinute, Vec<HistoryPoint>) {
         let Some(ring) = self.clones.get(&key(state)) else {
             return (LastMinute::default(), Vec::new());
         };
-        let mut merged = [0u64; BUCKETS];
-        for &e in &ring.sparse {
-            let (b, c) = unpack(e);
-            merged[b] += c;
-        }
-        let dense = merged.iter().copied().enumerate();
-        let p = |q| quantile_bucket(dense.clone(), q).map(|b| as_ms(upper_bound(b)));
-        let minute = LastMinute {
-            requests: ring.seconds.iter().map(|s| u64::from(s.requests)).sum(),
-            errors: ring.seconds.iter().map(|s| u64::from(s.errors)).sum(),
-            p50_ms: p(0.5),
-            p99_ms: p(0.99),
-        };
+        let minute = ring.sum(SECONDS);
         let skip = self.ticks.len().saturating_sub(ring.seconds.len());
         let history = self
             .ticks
@@ -146,6 +144,27 @@ impl History {
 }
 
 impl CloneRing {
+    /// Its last `seconds` entries summed (all of them when it has fewer).
+    fn sum(&self, seconds: usize) -> LastMinute {
+        let n = seconds.min(self.seconds.len());
+        let recent = self.seconds.range(self.seconds.len() - n..);
+        // Their sparse buckets are the last ones of `sparse`.
+        let entries: usize = recent.clone().map(|s| usize::from(s.buckets)).sum();
+        let mut merged = [0u64; BUCKETS];
+        for &e in self.sparse.range(self.sparse.len() - entries..) {
+            let (b, c) = unpack(e);
+            merged[b] += c;
+        }
+        let dense = merged.iter().copied().enumerate();
+        let p = |q| quantile_bucket(dense.clone(), q).map(|b| as_ms(upper_bound(b)));
+        LastMinute {
+            requests: recent.clone().map(|s| u64::from(s.requests)).sum(),
+            errors: recent.map(|s| u64::from(s.errors)).sum(),
+            p50_ms: p(0.5),
+            p99_ms: p(0.99),
+        }
+    }
+
     /// A clone seen for the first time: its counters started at zero when its state was
     /// created, so its first second counts everything since.
     fn new(state: &Arc<BackendState>) -> Self {
@@ -247,5 +266,53 @@ mod tests {
         let ring = &h.clones[&key(&a)];
         assert_eq!(ring.sparse.len(), 59, "one bucket per busy second");
         assert_eq!(std::mem::size_of::<Second>(), 12);
+    }
+
+    #[test]
+    fn a_window_sums_the_last_n_seconds_with_their_quantiles() {
+        use crate::stats::bucket_of;
+        let ms_of = |ms: u64| Some(as_ms(upper_bound(bucket_of(Duration::from_millis(ms)))));
+        let a = state(1);
+        let mut h = History::default();
+        let t0 = SystemTime::UNIX_EPOCH;
+        assert_eq!(h.window(&a, 10), LastMinute::default(), "no ring yet");
+        // Seconds 1..=5: 100 answers of 2 ms, one a 503; seconds 6..=8: 10 of 300 ms.
+        for i in 0..8u64 {
+            if i < 5 {
+                for _ in 0..99 {
+                    answer(&a, 200, 2);
+                }
+                answer(&a, 503, 2);
+            } else {
+                for _ in 0..10 {
+                    answer(&a, 200, 300);
+                }
+            }
+            h.tick(t0 + Duration::from_secs(i), 1.0, &[Arc::clone(&a)]);
+        }
+        let w = |n| h.window(&a, n);
+        assert_eq!(w(0), LastMinute::default());
+        assert_eq!(
+            w(3),
+            LastMinute {
+                requests: 30,
+                errors: 0,
+                p50_ms: ms_of(300),
+                p99_ms: ms_of(300),
+            }
+        );
+        assert_eq!(
+            w(4),
+            LastMinute {
+                requests: 130,
+                errors: 1,
+                p50_ms: ms_of(2),
+                p99_ms: ms_of(300),
+            }
+        );
+        assert_eq!((w(8).requests, w(8).errors), (530, 5));
+        assert_eq!(w(8), w(SECONDS), "fewer seconds than asked: all of them");
+        assert_eq!(w(SECONDS), h.view(&a).0, "the whole minute is the view's");
+        assert_eq!(w(1000), w(SECONDS));
     }
 }

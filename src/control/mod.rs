@@ -19,6 +19,7 @@
 //! checker tasks. Must not touch: files (reload reads them), sockets of the request path,
 //! per-request state.
 
+mod audit;
 mod deploy;
 mod history;
 mod restart_only;
@@ -51,7 +52,7 @@ pub use crate::stats::{
     ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
 };
 pub use deploy::{DeployStatus, Fallback, PinError, VersionCount};
-pub use status::{CloneState, CloneStatus, Counters, Status};
+pub use status::{CloneState, CloneStatus, Counters, OutlierStatus, Status};
 pub use steer::Drain;
 
 /// How often draining clones are looked at.
@@ -102,6 +103,8 @@ pub struct ControlState {
     process: Arc<ProcessStats>,
     /// Every clone's last minute; its own lock, so a tick never holds `inner`'s.
     history: Mutex<History>,
+    /// The peer comparison, stepped after each tick of the ring (`[audit]`).
+    audit: Mutex<audit::Audit>,
     /// The access log (configured by every publish, reopened by every reload).
     access: Arc<AccessLog>,
     /// Versions, the deploy gate and its task.
@@ -172,6 +175,7 @@ impl ControlState {
             }),
             process,
             history: Mutex::new(History::default()),
+            audit: Mutex::default(),
             access,
             deploy,
             audit,
@@ -208,18 +212,18 @@ impl ControlState {
             loop {
                 let now = tick.tick().await;
                 let Some(state) = weak.upgrade() else { return };
-                state.take_second((now - last).as_secs_f64());
+                state.take_second(now, (now - last).as_secs_f64());
                 last = now;
             }
         });
         state
     }
 
-    /// The one-second ring's tick: one entry for every clone in the table or draining.
-    fn take_second(&self, secs: f64) {
-        let mut clones: Vec<Arc<BackendState>> = self
-            .table
-            .load()
+    /// The one-second ring's tick at `now`: one entry for every clone in the table or
+    /// draining; then the audit's step over the table's clones.
+    fn take_second(&self, now: Instant, secs: f64) {
+        let table = self.table.load();
+        let mut clones: Vec<Arc<BackendState>> = table
             .backends()
             .iter()
             .map(|b| Arc::clone(&b.state))
@@ -230,7 +234,9 @@ impl ControlState {
                 .iter()
                 .map(|d| Arc::clone(&d.backend.state)),
         );
-        self.history_lock().tick(SystemTime::now(), secs, &clones);
+        let mut history = self.history_lock();
+        history.tick(SystemTime::now(), secs, &clones);
+        self.audit_lock().step(now, &table, &history);
     }
 
     fn history_lock(&self) -> MutexGuard<'_, History> {
@@ -414,17 +420,17 @@ impl ControlState {
     pub fn status(&self) -> Status {
         let inner = self.lock();
         let history = self.history_lock();
+        let audit = self.audit_lock();
         let table = self.table.load();
         let versions = (&**self.deploy.versions(), self.deploy.gate().active());
-        let mut backends: Vec<CloneStatus> = table
-            .backends()
-            .iter()
-            .map(|b| CloneStatus::of(&b.name, b.weight, &b.state, false, &history, versions))
-            .collect();
-        backends.extend(inner.draining.iter().map(|d| {
-            let b = &d.backend;
-            CloneStatus::of(&b.name, b.weight, &b.state, true, &history, versions)
-        }));
+        let of = |b: &Backend, draining| {
+            let outlier = audit.status_of(b.address);
+            let (h, v) = (&*history, versions);
+            CloneStatus::of(&b.name, b.weight, &b.state, draining, h, v, outlier)
+        };
+        let mut backends: Vec<CloneStatus> =
+            table.backends().iter().map(|b| of(b, false)).collect();
+        backends.extend(inner.draining.iter().map(|d| of(&d.backend, true)));
         Status {
             generation: inner.generation,
             loaded_at: inner.loaded_at,

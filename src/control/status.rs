@@ -61,7 +61,7 @@ pub struct CloneStatus {
     /// tracked).
     pub version: Option<Arc<str>>,
     /// Failing its checks or passively ejected, whatever `state` shows first (a disabled
-    /// clone may be down too).
+    /// clone may be down too). Not set by an outlier ejection (see `outlier`).
     pub down: bool,
     /// Requests (and WebSocket tunnels) on it right now.
     pub in_flight: usize,
@@ -78,12 +78,30 @@ pub struct CloneStatus {
     pub last_minute: LastMinute,
     /// The same seconds one by one, oldest first (up to 60).
     pub history: Vec<HistoryPoint>,
+    /// Markedly worse than its peers over `[audit] window` (`None`: not, or no `[audit]`).
+    pub outlier: Option<OutlierStatus>,
+}
+
+/// A clone the peer comparison names (`outlier` in `/status`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierStatus {
+    /// `5xx_share`, `p50_ms` or `p99_ms`: the metric of the largest ratio to the pool.
+    pub metric: &'static str,
+    /// The clone's value of it (a share in 0..=1, or milliseconds).
+    pub value: f64,
+    /// The median of the available judged clones.
+    pub pool_median: f64,
+    /// Out of rotation (`eject_outliers = true`): the judgement shown is the one it was
+    /// ejected on, and its state is `down` until it is readmitted.
+    pub ejected: bool,
 }
 
 /// What a clone is doing, as one word. When several apply, the first of draining,
 /// disabled, down, standby wins (a disabled clone that also fails its checks shows
-/// `disabled`: ops put it there, and it gets no traffic either way). `standby`: up, but
-/// not of the active version in atomic deploy mode (no new requests).
+/// `disabled`: ops put it there, and it gets no traffic either way). `down`: failing its
+/// checks, passively ejected, or ejected as an outlier (`[audit] eject_outliers`; its
+/// `outlier.ejected` is true). `standby`: up, but not of the active version in atomic
+/// deploy mode (no new requests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloneState {
     Up,
@@ -110,7 +128,7 @@ impl CloneState {
             CloneState::Draining
         } else if state.is_disabled() {
             CloneState::Disabled
-        } else if state.is_down() {
+        } else if state.is_down() || state.is_outlier() {
             CloneState::Down
         } else if active != 0 && state.version() != active {
             CloneState::Standby
@@ -150,6 +168,7 @@ impl CloneStatus {
         draining: bool,
         history: &History,
         (versions, active): (&Versions, VersionId),
+        outlier: Option<OutlierStatus>,
     ) -> CloneStatus {
         let responses = state.responses_by_class();
         let (last_minute, history) = history.view(state);
@@ -174,6 +193,7 @@ impl CloneStatus {
             latency: state.latency().snapshot(),
             last_minute,
             history,
+            outlier,
         }
     }
 }

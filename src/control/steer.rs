@@ -47,13 +47,15 @@ impl ControlState {
                 if disabled { "clone disabled" } else { "clone enabled" }
             );
         }
+        let history = self.history_lock();
         Some(CloneStatus::of(
             &b.name,
             b.weight,
             &b.state,
             false,
-            &self.history_lock(),
+            &history,
             (&**self.deploy.versions(), self.deploy.gate().active()),
+            self.audit_lock().status_of(b.address),
         ))
     }
 

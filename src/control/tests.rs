@@ -296,3 +296,123 @@ async fn a_reload_without_version_header_forgets_the_versions() {
     assert_eq!(one.version(), 0);
     assert_eq!(control.status().backends[0].version, None);
 }
+
+/// The peer comparison in paused time: a clone 20× slower than its two peers is an
+/// outlier; with `eject_outliers` it is out (state down, unavailable, health cannot undo
+/// it) for one window, judged again on its fresh traffic after, and a reload turning
+/// ejection off (or `[audit]` off) readmits it.
+#[tokio::test(start_paused = true)]
+async fn a_slow_clone_is_an_outlier_ejected_for_one_window() {
+    let audit = |eject: bool| {
+        let text = format!("[audit]\nsample = 0\nwindow = \"10s\"\neject_outliers = {eject}");
+        inputs(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], &text)
+    };
+    let control = ControlState::new(audit(true), tokio::runtime::Handle::current());
+    let clones: Vec<Arc<BackendState>> = control
+        .table()
+        .load()
+        .backends()
+        .iter()
+        .map(|b| Arc::clone(&b.state))
+        .collect();
+    // 100 answers each, as the completion hook records them: 10 ms, 10 ms, 200 ms.
+    let serve = || {
+        for (c, ms) in clones.iter().zip([10, 10, 200]) {
+            for _ in 0..100 {
+                c.count_response(200);
+                c.latency().record(Duration::from_millis(ms));
+            }
+        }
+    };
+    let third = || control.status().backends.swap_remove(2);
+    let p50 = |ms| as_ms(upper_bound(bucket_of(Duration::from_millis(ms))));
+    use crate::stats::{as_ms, bucket_of, upper_bound};
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    serve();
+    tokio::time::sleep(Duration::from_secs(1)).await; // t = 1.5 s: judged at the tick of 1 s
+    let c = third();
+    let expected = OutlierStatus {
+        metric: "p50_ms",
+        value: p50(200),
+        pool_median: p50(10),
+        ejected: true,
+    };
+    assert_eq!(c.outlier, Some(expected));
+    assert_eq!(c.state, CloneState::Down);
+    assert!(!c.down, "its checks still pass");
+    assert!(!clones[2].is_available() && clones[2].is_outlier());
+    assert!(control.status().backends[..2]
+        .iter()
+        .all(|c| c.outlier.is_none() && c.state == CloneState::Up));
+    // A passing check does not bring it back.
+    clones[2].set_down(false);
+    assert!(!clones[2].is_available());
+
+    tokio::time::sleep(Duration::from_secs(9)).await; // t = 10.5 s
+    assert_eq!(third().state, CloneState::Down, "out for a whole window");
+    tokio::time::sleep(Duration::from_secs(1)).await; // t = 11.5 s: readmitted at 11 s
+    let c = third();
+    assert_eq!((c.state, c.outlier), (CloneState::Up, None));
+    assert!(clones[2].is_available());
+
+    // Still slow on its fresh traffic: out again at the next tick.
+    serve();
+    tokio::time::sleep(Duration::from_secs(1)).await; // t = 12.5 s
+    assert!(!clones[2].is_available());
+    assert_eq!(third().outlier.map(|o| o.ejected), Some(true));
+
+    // A reload turning ejection off readmits it; it is still reported.
+    control.publish(audit(false));
+    tokio::time::sleep(Duration::from_secs(1)).await; // t = 13.5 s
+    assert!(clones[2].is_available() && !clones[2].is_outlier());
+    let c = third();
+    assert_eq!(c.state, CloneState::Up);
+    assert_eq!(
+        c.outlier.map(|o| (o.metric, o.ejected)),
+        Some(("p50_ms", false))
+    );
+
+    // Reported only: nobody is ejected, however slow.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(clones.iter().all(|c| c.is_available()));
+
+    // Without [audit], no outliers.
+    control.publish(inputs(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], ""));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(control
+        .status()
+        .backends
+        .iter()
+        .all(|c| c.outlier.is_none()));
+}
+
+/// `[audit]` off while a clone is ejected: the next tick readmits it.
+#[tokio::test(start_paused = true)]
+async fn a_reload_without_audit_readmits_the_ejected_clone() {
+    let addrs = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
+    let on = "[audit]\nsample = 0\nwindow = \"10s\"\neject_outliers = true";
+    let control = ControlState::new(inputs(&addrs, on), tokio::runtime::Handle::current());
+    let table = control.table().load_full();
+    for (b, errors) in table.backends().iter().zip([0, 1, 0, 30]) {
+        for i in 0..100 {
+            b.state.count_response(if i < errors { 503 } else { 200 });
+            b.state.latency().record(Duration::from_millis(5));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let s = control.status();
+    let o = s.backends[3].outlier.expect("30 % of 5xx against 1 %");
+    assert_eq!((o.metric, o.ejected), ("5xx_share", true));
+    // The median of 0, 1, 0 and 30 %: it was available when judged.
+    assert!((o.value - 0.3).abs() < 1e-9 && (o.pool_median - 0.005).abs() < 1e-9);
+    assert!(!table.backends()[3].is_available());
+    control.publish(inputs(&addrs, ""));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(table.backends().iter().all(|b| b.is_available()));
+    assert!(control
+        .status()
+        .backends
+        .iter()
+        .all(|c| c.outlier.is_none()));
+}
