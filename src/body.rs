@@ -22,9 +22,11 @@ use tokio::time::Instant;
 
 use crate::backend::{BackendState, InFlightGuard};
 use crate::context::ConnContext;
+use crate::forward::drain;
 use crate::health;
 use crate::record::{Outcome, RequestHead, RequestRecord, CLIENT_CLOSED_REQUEST};
-use crate::upstream_conn::{PendingHead, Upstream};
+use crate::tap::Tap;
+use crate::upstream_conn::Upstream;
 
 /// What is needed to record one request when it ends. Created when the service is called
 /// and moved along with the request: into its [`ResponseBody`], or into a WebSocket
@@ -139,13 +141,6 @@ impl Drop for Recorder {
         }
         self.cx.activity.end();
     }
-}
-
-/// A sampled response's observer (the consistency audit): sees every data frame as it
-/// streams past, and is told of a clean end (dropped otherwise).
-pub trait Tap: Send + std::fmt::Debug {
-    fn data(&mut self, chunk: &[u8]);
-    fn end(self: Box<Self>);
 }
 
 /// A response body on its way to the client.
@@ -358,12 +353,6 @@ impl Drop for ResponseBody {
     }
 }
 
-/// An abandoned response is read on, for its connection's sake, when what is left is at
-/// most this much ...
-pub const DRAIN_MAX: u64 = 64 * 1024;
-/// ... and arrives within this time.
-pub const DRAIN_TIME: Duration = Duration::from_secs(1);
-
 impl ResponseBody {
     /// The client went away (or the balancer cut it) before the clone's body ended: record
     /// that; then, when the client left and what remains is small, read the rest in the
@@ -381,86 +370,13 @@ impl ResponseBody {
         }
         let worth_it = outcome == Outcome::ClientAborted
             && guard.state().keeps_idle()
-            && inner.size_hint().upper().is_none_or(|n| n <= DRAIN_MAX);
+            && inner
+                .size_hint()
+                .upper()
+                .is_none_or(|n| n <= drain::DRAIN_MAX);
         if !worth_it {
             return; // dropping it closes the connection
         }
-        // No runtime (dropped during shutdown): nothing to drain on, the connection closes.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(drain(Rest::Body(inner), guard, conn));
+        drain::after_body(inner, guard, conn);
     }
-}
-
-/// The client left while its request waited for the clone's response head (see
-/// `forward::send`): unless the clone is draining, disabled or cut, wait for the head and
-/// read the rest as for an answer abandoned mid-body, holding one unit of the clone's
-/// in-flight count meanwhile.
-pub(crate) fn abandoned_before_head(state: &Arc<BackendState>, conn: Upstream, head: PendingHead) {
-    if !state.keeps_idle() || state.is_cut() {
-        return; // dropping it closes the connection
-    }
-    // No runtime (dropped during shutdown): nothing to drain on, the connection closes.
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(drain(Rest::Head(head), state.hold(), conn));
-}
-
-/// What is left to read of an abandoned exchange.
-enum Rest {
-    /// Its response head (and then the body).
-    Head(PendingHead),
-    /// Its response body.
-    Body(Incoming),
-}
-
-/// Read the rest of an abandoned response (at most [`DRAIN_MAX`] bytes of body, all
-/// within [`DRAIN_TIME`]) and pool its connection when it ends cleanly. The in-flight
-/// guard is held meanwhile: the connection is busy, and a drain cut or a disable sees it.
-async fn drain(rest: Rest, guard: InFlightGuard, mut conn: Upstream) {
-    let read_to_end = async {
-        let mut inner = match rest {
-            Rest::Body(inner) => inner,
-            Rest::Head(mut head) => {
-                match std::future::poll_fn(|cx| conn.poll_head(&mut head, cx)).await {
-                    Ok(resp) => resp.into_body(),
-                    Err(_) => return false,
-                }
-            }
-        };
-        if inner.size_hint().upper().is_some_and(|n| n > DRAIN_MAX) {
-            return false;
-        }
-        if inner.is_end_stream() {
-            return true;
-        }
-        let mut read = 0u64;
-        loop {
-            match std::future::poll_fn(|cx| conn.poll_body(&mut inner, cx)).await {
-                None => return true,
-                Some(Err(_)) => return false,
-                Some(Ok(frame)) => {
-                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if read > DRAIN_MAX {
-                        return false;
-                    }
-                    if inner.is_end_stream() {
-                        return true;
-                    }
-                }
-            }
-        }
-    };
-    let read = matches!(
-        tokio::time::timeout(DRAIN_TIME, read_to_end).await,
-        Ok(true)
-    );
-    if read {
-        let state = guard.state();
-        conn.settle();
-        state.idle.put(conn, !state.keeps_idle());
-    }
-    drop(guard);
 }

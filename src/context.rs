@@ -15,11 +15,11 @@ use http::HeaderValue;
 use rustls::ServerConfig;
 use tokio::time::Instant;
 
-use crate::audit::job::JobSink;
 use crate::config::{LimitsConfig, ProxyConfig};
 use crate::record::Completion;
 use crate::stats::ProcessStats;
 use crate::table::SharedTable;
+use crate::tap::Audits;
 
 /// What every worker and every request shares: the routing table and the TLS
 /// configuration (both swapped whole by the control plane), the completion hook, and
@@ -30,7 +30,7 @@ pub struct Shared {
     pub tls: Arc<ArcSwapOption<ServerConfig>>,
     pub completion: Completion,
     /// Where sampled answers go (`[audit]`; `None`: no audit at all).
-    pub audit: Option<Arc<dyn JobSink>>,
+    pub audit: Option<Arc<dyn Audits>>,
     cutting: AtomicBool,
 }
 
@@ -39,7 +39,7 @@ impl Shared {
         table: Arc<SharedTable>,
         tls: Arc<ArcSwapOption<ServerConfig>>,
         completion: Completion,
-        audit: Option<Arc<dyn JobSink>>,
+        audit: Option<Arc<dyn Audits>>,
     ) -> Self {
         Shared {
             table,

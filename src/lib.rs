@@ -79,6 +79,7 @@ pub mod server;
 pub mod stats;
 pub mod strategy;
 pub mod table;
+pub mod tap;
 pub mod tls;
 pub mod upstream_body;
 pub mod upstream_conn;
@@ -275,7 +276,7 @@ impl Balancer {
                 Arc::clone(control.process_stats()),
                 Some(Arc::clone(control.access_log()) as Arc<dyn record::AccessSink>),
             ),
-            Some(Arc::clone(control.audit()) as Arc<dyn audit::job::JobSink>),
+            Some(Arc::clone(control.audit()) as Arc<dyn tap::Audits>),
         ));
         let (signal, _) = watch::channel(Signal::Run);
         let mut balancer = Balancer {

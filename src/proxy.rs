@@ -35,7 +35,7 @@ use hyper::body::{Body, Incoming};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::audit::job::{self, AuditHead, AuditTap};
+use crate::audit::job;
 use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{Recorder, ResponseBody};
 use crate::context::ConnContext;
@@ -46,6 +46,7 @@ use crate::health::{self, Attempt};
 use crate::record::Outcome;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::table::{Policy, RoutingTable, SharedTable};
+use crate::tap::SampledHead;
 use crate::upstream_body::UpstreamBody;
 use crate::upstream_conn::Upstream;
 
@@ -117,7 +118,7 @@ pub async fn handle(
             .audit
             .as_ref()
             .is_some_and(|a| job::eligible(a, req.method(), req.uri().path())))
-    .then(|| AuditHead::of(&req));
+    .then(|| SampledHead::of(&req));
     let first = pick(&table, &[]);
     let Some(mut guard) = first else {
         return Ok(own_answer(&ProxyError::NoClone, table.error_pages(), rec));
@@ -143,13 +144,12 @@ pub async fn handle(
                 let status = resp.status();
                 // The answer as the clone sent it (before clonelb adds its own headers).
                 let tap = match (audit_head.take(), &cx.shared.audit) {
-                    (Some(head), Some(sink)) => Some(AuditTap::new(
+                    (Some(head), Some(audits)) => Some(Arc::clone(audits).tap(
                         head,
                         Arc::clone(state),
                         status,
                         resp.headers().clone(),
                         policy.audit_max_response,
-                        Arc::clone(sink),
                     )),
                     _ => None,
                 };
@@ -170,7 +170,7 @@ pub async fn handle(
                 }
                 let body = ResponseBody::upstream(body, guard, conn, rec);
                 let body = match tap {
-                    Some(tap) => body.with_tap(Box::new(tap)),
+                    Some(tap) => body.with_tap(tap),
                     None => body,
                 };
                 return Ok(Response::from_parts(parts, body));

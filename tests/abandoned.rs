@@ -1,7 +1,7 @@
 //! A client that hangs up mid-response: the rest of a small answer is read in the
 //! background and its upstream connection reused; a large one's connection is closed.
 //! The same when it hangs up before the response head: the head (and a small body) are
-//! waited for in the background, at most `body::DRAIN_TIME`.
+//! waited for in the background, at most `forward::drain::DRAIN_TIME`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -525,7 +525,6 @@ async fn post_is_never_replayed_even_at_full_sample() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the outlier wiring"]
 async fn a_clone_five_times_slower_is_a_latency_outlier_within_one_window() {
     fn after(ms: u64) -> impl Fn(&Parts, &Bytes) -> AppReply + Send + Sync {
         move |p: &Parts, b: &Bytes| stateless(p, b).after(Duration::from_millis(ms))

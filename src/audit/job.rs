@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 
+use super::task::Audit;
 use super::verdict::{Answer, BodyHash};
 use crate::backend::BackendState;
-use crate::body::Tap;
 use crate::config::AuditConfig;
+use crate::tap::{SampledHead, Tap};
 
 /// One sampled request and the answer its clone gave.
 #[derive(Debug)]
@@ -85,13 +86,6 @@ impl Skip {
     }
 }
 
-/// Where sampled answers go (the audit; a trait so the request path's context needs
-/// nothing of the audit task).
-pub trait JobSink: Send + Sync + std::fmt::Debug {
-    /// Hand over one job without blocking (a full queue skips it and counts `busy`).
-    fn submit(&self, job: Job);
-}
-
 /// Whether a request drawn for the audit may be replayed: a listed method and a path no
 /// `exclude_paths` prefix covers. (Bodiless and not a WebSocket upgrade are checked by the
 /// caller, before the draw.)
@@ -103,46 +97,28 @@ pub fn eligible(audit: &AuditConfig, method: &Method, path: &str) -> bool {
             .any(|p| path.starts_with(p.as_str()))
 }
 
-/// The head of a sampled request as forwarded, kept for its replay.
-#[derive(Debug)]
-pub struct AuditHead {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl AuditHead {
-    pub fn of<B>(req: &Request<B>) -> Self {
-        AuditHead {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        }
-    }
-}
-
 /// A sampled response's tap: hashes the body as it streams to the client (never
 /// delaying or buffering it) and, at its clean end, hands the job to the audit.
 #[derive(Debug)]
 pub struct AuditTap {
-    head: AuditHead,
+    head: SampledHead,
     served: Arc<BackendState>,
     status: StatusCode,
     headers: HeaderMap,
     hash: BodyHash,
-    sink: Arc<dyn JobSink>,
+    sink: Arc<Audit>,
 }
 
 impl AuditTap {
     /// The tap of `head`'s answer from `served`: its status and headers as the clone sent
     /// them (before clonelb adds its own), bodies compared up to `max_response`.
     pub fn new(
-        head: AuditHead,
+        head: SampledHead,
         served: Arc<BackendState>,
         status: StatusCode,
         headers: HeaderMap,
         max_response: u64,
-        sink: Arc<dyn JobSink>,
+        sink: Arc<Audit>,
     ) -> Self {
         AuditTap {
             head,

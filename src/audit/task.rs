@@ -291,8 +291,22 @@ async fn run(mut rx: mpsc::Receiver<Job>, inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests;
 
-impl super::job::JobSink for Audit {
-    fn submit(&self, job: Job) {
-        Audit::submit(self, job);
+impl crate::tap::Audits for Audit {
+    fn tap(
+        self: Arc<Self>,
+        head: crate::tap::SampledHead,
+        served: Arc<crate::backend::BackendState>,
+        status: http::StatusCode,
+        headers: http::HeaderMap,
+        max_response: u64,
+    ) -> Box<dyn crate::tap::Tap> {
+        Box::new(super::job::AuditTap::new(
+            head,
+            served,
+            status,
+            headers,
+            max_response,
+            self,
+        ))
     }
 }

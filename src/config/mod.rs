@@ -32,6 +32,7 @@ mod error;
 mod schema;
 mod section;
 mod validate;
+mod validate_audit;
 mod values;
 mod walk;
 mod walker;

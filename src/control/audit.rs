@@ -183,6 +183,6 @@ impl Audit {
 impl ControlState {
     /// The audit's state. Lock order: `inner`, then `history`, then this.
     pub(super) fn audit_lock(&self) -> MutexGuard<'_, Audit> {
-        self.audit.lock().unwrap_or_else(PoisonError::into_inner)
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

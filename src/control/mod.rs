@@ -104,7 +104,7 @@ pub struct ControlState {
     /// Every clone's last minute; its own lock, so a tick never holds `inner`'s.
     history: Mutex<History>,
     /// The peer comparison, stepped after each tick of the ring (`[audit]`).
-    audit: Mutex<audit::Audit>,
+    peers: Mutex<audit::Audit>,
     /// The access log (configured by every publish, reopened by every reload).
     access: Arc<AccessLog>,
     /// Versions, the deploy gate and its task.
@@ -175,7 +175,7 @@ impl ControlState {
             }),
             process,
             history: Mutex::new(History::default()),
-            audit: Mutex::default(),
+            peers: Mutex::default(),
             access,
             deploy,
             audit,

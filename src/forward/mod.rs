@@ -6,6 +6,7 @@
 //! Owns: upstream connections and one exchange on them. Must not touch: clone selection,
 //! counters (the caller reports outcomes), the client connection.
 
+pub(crate) mod drain;
 mod prepare;
 
 pub use prepare::{
@@ -102,7 +103,7 @@ pub struct SendFailure {
 ///
 /// Dropped while it waits (the client left, so hyper dropped the request's future), the
 /// exchange is finished in the background when the clone may keep the connection: the
-/// head and a body of at most `body::DRAIN_MAX` are read and the connection pooled, as
+/// head and a body of at most `drain::DRAIN_MAX` are read and the connection pooled, as
 /// for an answer abandoned mid-body. Closing it instead cost a new upstream connection for
 /// every request in flight when a client hung up (a load generator's end of run: ~120 at
 /// 256 connections).
@@ -175,7 +176,7 @@ struct Exchange<'a> {
 impl Drop for Exchange<'_> {
     fn drop(&mut self) {
         if let Some((upstream, head)) = self.parts.take() {
-            crate::body::abandoned_before_head(self.state, upstream, head);
+            drain::before_head(self.state, upstream, head);
         }
     }
 }
