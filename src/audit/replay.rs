@@ -88,18 +88,27 @@ pub async fn replay(
     settings: &Settings,
 ) -> Result<Answer, Skip> {
     let req = replay_request(job, peer);
-    let conn = forward::connect(peer, settings.connect_timeout, false)
-        .await
-        .map_err(|e| {
-            tracing::debug!(error = %e, "audit replay: connect failed");
-            Skip::ReplayFailed
-        })?;
-    let (resp, mut upstream) = forward::send(conn, req, peer, settings.response_timeout)
-        .await
-        .map_err(|f| {
-            tracing::debug!(error = %f.error, "audit replay: no answer");
-            Skip::ReplayFailed
-        })?;
+    let (resp, mut upstream) = match idle_take(peer.address()) {
+        Some(upstream) => {
+            let conn = forward::Connection {
+                upstream,
+                reused: true,
+            };
+            match forward::send(conn, req, peer, settings.response_timeout).await {
+                Ok(answer) => answer,
+                // Closed by the clone while it sat in the audit's pool, before the
+                // request left: the same request on a fresh connection.
+                Err(forward::SendFailure {
+                    request: Some(req), ..
+                }) => send_fresh(req, peer, settings).await?,
+                Err(f) => {
+                    tracing::debug!(error = %f.error, "audit replay: no answer");
+                    return Err(Skip::ReplayFailed);
+                }
+            }
+        }
+        None => send_fresh(req, peer, settings).await?,
+    };
     let (parts, body) = resp.into_parts();
     let hash = tokio::time::timeout(
         settings.response_timeout,
@@ -107,8 +116,67 @@ pub async fn replay(
     )
     .await
     .map_err(|_| Skip::ReplayFailed)??;
-    // `upstream` is dropped here: the replay's connection closes, it is never pooled.
+    idle_put(peer.address(), upstream);
     Ok(Answer::new(parts.status, parts.headers, &hash))
+}
+
+/// `req` on a new connection to `peer`.
+async fn send_fresh(
+    req: http::Request<crate::upstream_body::UpstreamBody>,
+    peer: &Arc<BackendState>,
+    settings: &Settings,
+) -> Result<(http::Response<Incoming>, Upstream), Skip> {
+    let conn = forward::connect(peer, settings.connect_timeout, false)
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = %e, "audit replay: connect failed");
+            Skip::ReplayFailed
+        })?;
+    forward::send(conn, req, peer, settings.response_timeout)
+        .await
+        .map_err(|f| {
+            tracing::debug!(error = %f.error, "audit replay: no answer");
+            Skip::ReplayFailed
+        })
+}
+
+/// Replay connections kept per peer (the audit's own, never the request path's pool: a
+/// replay touches none of the clone's state). Without them every replay paid a TCP
+/// handshake and teardown, which cost more balancer CPU than the replay itself.
+const IDLE_PER_PEER: usize = 8;
+
+thread_local! {
+    /// The audit thread's idle replay connections, by clone address (replays run on the
+    /// audit's one-thread runtime, so this is all of them).
+    static IDLE: std::cell::RefCell<std::collections::HashMap<std::net::SocketAddr, Vec<Upstream>>> =
+        std::cell::RefCell::default();
+}
+
+fn idle_take(peer: std::net::SocketAddr) -> Option<Upstream> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(&peer)?;
+        while let Some(mut c) = list.pop() {
+            if c.is_open() && c.is_ready() {
+                return Some(c);
+            }
+        }
+        None
+    })
+}
+
+fn idle_put(peer: std::net::SocketAddr, mut conn: Upstream) {
+    conn.settle();
+    if !conn.is_reusable() {
+        return;
+    }
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(peer).or_default();
+        if list.len() < IDLE_PER_PEER {
+            list.push(conn);
+        }
+    });
 }
 
 /// Hash `body` (driving `upstream` for it), stopping as soon as it is over `max`.
