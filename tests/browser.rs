@@ -626,3 +626,57 @@ async fn the_page_shows_each_clone_version_the_skew_banner_and_the_deploy_header
     );
     browser.close().await.unwrap();
 }
+
+/// The audit's section: its counters and the recent mismatches (every demo clone names
+/// itself in its body, so every replay differs), path without its query, what differed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_lists_the_audits_recent_mismatches() {
+    let mut toml = "[listen]\nhttp = \"127.0.0.1:0\"\n".to_string();
+    for name in ["web-1", "web-2", "web-3"] {
+        let addr = versioned_clone(name, "v1").await;
+        toml.push_str(&format!(
+            "[[backend]]\naddress = \"{addr}\"\nname = \"{name}\"\n"
+        ));
+    }
+    // Their `x-clone` header differs too (and is compared first): ignored here, so the
+    // difference is the body.
+    toml.push_str(
+        "[audit]\nsample = 1.0\nignore_headers = [\"date\", \"x-request-id\", \"x-clone\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let lb = spawn_lb(&toml);
+    let admin = lb.admin_addr().unwrap();
+    for _ in 0..12 {
+        assert_eq!(get(lb.http_addr(), "/p?secret=1").await.status, 200);
+    }
+    let driver = start_driver().await;
+    let browser = browser(&driver).await;
+    browser.goto(&format!("http://{admin}/")).await.unwrap();
+    let summary = wait_for("the audit summary", PAGE_WAIT, || async {
+        shown_text(&browser, "audit-summary")
+            .await
+            .filter(|t| t.contains(" mismatches") && !t.starts_with("0 compared"))
+    })
+    .await;
+    let audit = status(admin, None).await["audit"].clone();
+    assert!(audit["mismatches"].as_u64().unwrap() >= 1, "{audit}");
+    assert!(summary.ends_with("skipped"), "{summary}");
+    let cells: Vec<String> = {
+        let mut out = Vec::new();
+        for td in browser
+            .find_all(Locator::Css("#mismatches tbody tr:first-child td"))
+            .await
+            .unwrap()
+        {
+            out.push(td.text().await.unwrap());
+        }
+        out
+    };
+    assert_eq!(cells.len(), 4, "{cells:?}");
+    assert_eq!(cells[0], "/p", "the path, without its query");
+    assert!(cells[1].starts_with("web-") && cells[2].starts_with("web-") && cells[1] != cells[2]);
+    assert_eq!(cells[3], "body");
+    assert!(!browser.source().await.unwrap().contains("secret"));
+    drop(browser);
+    drop(driver);
+}
