@@ -687,19 +687,6 @@ async fn ready_turns_503_during_a_graceful_shutdown_while_live_stays_200() {
     stopping.join().unwrap();
 }
 
-/// A clone answering as `clonelb::demo::serve_clone` does: `x-clone` and `x-clone-version`
-/// on every answer (`/healthz` too), on a free port of the test's runtime.
-async fn versioned_clone(name: &str, version: &str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(clonelb::demo::serve_clone(
-        listener,
-        name.to_string(),
-        version.to_string(),
-    ));
-    addr
-}
-
 /// lb.toml: `clones` (name, address) round-robin, fast checks reading `x-clone-version`,
 /// `[deploy] mode`, an admin listener.
 fn deploy_config(clones: &[(&str, SocketAddr)], mode: &str) -> String {
@@ -717,22 +704,8 @@ fn deploy_config(clones: &[(&str, SocketAddr)], mode: &str) -> String {
 }
 
 async fn pin_call(admin: SocketAddr, method: Method, body: &str) -> (StatusCode, Value) {
-    let s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri("/deploy/pin")
-        .header("host", admin.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    let (status, body) = admin_call(admin, method, "/deploy/pin", body).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// `/status`'s `deploy` once `ready` holds for it; panics after 5 s.

@@ -19,24 +19,12 @@ use bytes::Bytes;
 use common::*;
 use http::request::Parts;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::Value;
 
 /// One GET to the admin API on a fresh connection: status and body.
 async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
-    let s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", admin.to_string())
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    admin_call(admin, Method::GET, path, "").await
 }
 
 /// `/status` as JSON.

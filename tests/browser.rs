@@ -480,19 +480,6 @@ async fn with_a_token_the_page_asks_for_it_keeps_it_in_the_session_and_steers_wi
     browser.close().await.unwrap();
 }
 
-/// A clone on the test's runtime that reports `version` in `x-clone-version` on every
-/// answer (`clonelb::demo::serve_clone`).
-async fn versioned_clone(name: &str, version: &str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(clonelb::demo::serve_clone(
-        listener,
-        name.to_string(),
-        version.to_string(),
-    ));
-    addr
-}
-
 /// The text of element `id` when it is displayed, else `None`.
 async fn shown_text(browser: &Browser, id: &str) -> Option<String> {
     let e = browser.find(Locator::Id(id)).await.unwrap();

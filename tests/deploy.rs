@@ -15,13 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clonelb::config::{CutoverAt, DeployMode};
 use clonelb::control::{CloneState, PinError};
 use clonelb::Balancer;
 use common::*;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
 use serde_json::Value;
 
 /// Checks every 100 ms; one pass brings a clone up; five failures take it down (a slow
@@ -90,22 +88,7 @@ async fn until_active(lb: &Balancer, version: &str, n: usize) {
 
 /// One admin request: status and body.
 async fn admin(lb: &Balancer, method: Method, path: &str) -> (StatusCode, String) {
-    let addr = lb.admin_addr().unwrap();
-    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    admin_call(lb.admin_addr().unwrap(), method, path, "").await
 }
 
 async fn set_enabled(lb: &Balancer, clone: &TestClone, enabled: bool) {

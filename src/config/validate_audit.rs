@@ -105,6 +105,28 @@ impl Walker<'_> {
         Some(out)
     }
 
+    /// A list of strings, each kept as `check` turns it or reported where it stands;
+    /// `slot` gets the good ones.
+    fn string_list(
+        &mut self,
+        table: &DeTable<'_>,
+        key: &'static str,
+        slot: &mut Vec<String>,
+        check: impl Fn(&str) -> Result<String, ConfigError>,
+    ) {
+        let Some(items) = self.strings(table, key) else {
+            return;
+        };
+        let mut good = Vec::new();
+        for (s, span) in items {
+            match check(s) {
+                Ok(v) => good.push(v),
+                Err(e) => self.report(span, e),
+            }
+        }
+        *slot = good;
+    }
+
     /// `[audit] methods`: safe methods only (GET, HEAD, OPTIONS, TRACE), upper case.
     pub(super) fn safe_methods(
         &mut self,
@@ -112,23 +134,15 @@ impl Walker<'_> {
         key: &'static str,
         slot: &mut Vec<String>,
     ) {
-        let Some(items) = self.strings(table, key) else {
-            return;
-        };
-        let mut methods = Vec::new();
-        for (m, span) in items {
+        self.string_list(table, key, slot, |m| {
             if ["GET", "HEAD", "OPTIONS", "TRACE"].contains(&m) {
-                methods.push(m.to_string());
+                Ok(m.to_string())
             } else {
-                self.report(
-                    span,
-                    ConfigError::UnsafeMethod {
-                        value: m.to_string(),
-                    },
-                );
+                Err(ConfigError::UnsafeMethod {
+                    value: m.to_string(),
+                })
             }
-        }
-        *slot = methods;
+        });
     }
 
     /// A list of HTTP header names (stored lowercase).
@@ -138,23 +152,14 @@ impl Walker<'_> {
         key: &'static str,
         slot: &mut Vec<String>,
     ) {
-        let Some(items) = self.strings(table, key) else {
-            return;
-        };
-        let mut names = Vec::new();
-        for (s, span) in items {
-            match http::HeaderName::from_bytes(s.as_bytes()) {
-                Ok(name) => names.push(name.as_str().to_string()),
-                Err(_) => self.report(
-                    span,
-                    ConfigError::BadHeaderName {
-                        key,
-                        value: s.to_string(),
-                    },
-                ),
-            }
-        }
-        *slot = names;
+        self.string_list(table, key, slot, |s| {
+            http::HeaderName::from_bytes(s.as_bytes())
+                .map(|name| name.as_str().to_string())
+                .map_err(|_| ConfigError::BadHeaderName {
+                    key,
+                    value: s.to_string(),
+                })
+        });
     }
 
     /// A list of path prefixes, each starting with `/`.
@@ -164,22 +169,14 @@ impl Walker<'_> {
         key: &'static str,
         slot: &mut Vec<String>,
     ) {
-        let Some(items) = self.strings(table, key) else {
-            return;
-        };
-        let mut paths = Vec::new();
-        for (s, span) in items {
+        self.string_list(table, key, slot, |s| {
             if s.starts_with('/') {
-                paths.push(s.to_string());
+                Ok(s.to_string())
             } else {
-                self.report(
-                    span,
-                    ConfigError::BadPathPrefix {
-                        value: s.to_string(),
-                    },
-                );
+                Err(ConfigError::BadPathPrefix {
+                    value: s.to_string(),
+                })
             }
-        }
-        *slot = paths;
+        });
     }
 }

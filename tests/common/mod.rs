@@ -976,3 +976,42 @@ pub fn app_config(clones: &[&AppClone], proxy: &str, extra: &str) -> String {
     s.push('\n');
     s
 }
+
+/// A clone answering as `clonelb::demo::serve_clone` does: `x-clone` and `x-clone-version`
+/// on every answer (`/healthz` too), on a free port of the test's runtime.
+pub async fn versioned_clone(name: &str, version: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(clonelb::demo::serve_clone(
+        listener,
+        name.to_string(),
+        version.to_string(),
+    ));
+    addr
+}
+
+/// One admin API request on a fresh connection (Host set to the admin's address, `body`
+/// sent as is): its status and body.
+pub async fn admin_call(
+    admin: SocketAddr,
+    method: http::Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, String) {
+    let s = TcpStream::connect(admin).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", admin.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
