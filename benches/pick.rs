@@ -104,6 +104,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
         deploy: Default::default(),
         audit: None,
         error_pages: Default::default(),
+        dns: Default::default(),
         backends: (0..n)
             .map(|i| BackendConfig {
                 address: address(i),
@@ -111,6 +112,7 @@ fn config_direct(strategy: StrategyKind, n: usize, weighted: bool) -> Config {
                 weight: weight(i, weighted),
             })
             .collect(),
+        dns_backends: Vec::new(),
     }
 }
 

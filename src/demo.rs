@@ -148,7 +148,9 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
         deploy: Default::default(),
         audit: None,
         error_pages: Default::default(),
+        dns: Default::default(),
         backends,
+        dns_backends: Vec::new(),
     };
     // The default ports when free, any free port for whichever is taken (but a given
     // listen address).

@@ -66,6 +66,7 @@ pub mod context;
 pub mod control;
 pub mod demo;
 pub mod deploy;
+pub mod dns;
 pub mod error;
 pub mod error_pages;
 pub mod forward;

@@ -72,6 +72,10 @@ enum Command {
         /// Path to the configuration file.
         #[arg(default_value = "lb.toml")]
         path: PathBuf,
+        /// Also look up each DNS name once (with [dns]) and print the clones it gives;
+        /// exit 1 when a lookup fails. Without it, names are only checked for syntax.
+        #[arg(long)]
+        resolve: bool,
     },
     /// Start three embedded clones and a balancer in front of them.
     Demo {
@@ -186,7 +190,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Check { path } => check(&path),
+        Command::Check { path, resolve } => check(&path, resolve),
         Command::Demo { listen } => match clonelb::demo::run(listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -237,7 +241,7 @@ fn exit(result: Result<(), clonelb::cli::CliError>) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, resolve: bool) -> ExitCode {
     let label = path.display().to_string();
     // The same load as `run` and every reload: the certificate and key must exist, parse
     // and match too.
@@ -256,13 +260,36 @@ fn check(path: &std::path::Path) -> ExitCode {
             if let Some(a) = c.listen.https {
                 listeners.push(format!("https {a}"));
             }
+            let names = match c.dns_backends.len() {
+                0 => String::new(),
+                1 => ", 1 DNS name".to_string(),
+                m => format!(", {m} DNS names"),
+            };
             println!(
-                "{label}: ok: listen {}, strategy {}, {n} clone{}",
+                "{label}: ok: listen {}, strategy {}, {n} clone{}{names}",
                 listeners.join(", "),
                 c.balancer.strategy.as_str(),
                 if n == 1 { "" } else { "s" }
             );
-            ExitCode::SUCCESS
+            if !resolve || c.dns_backends.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            match clonelb::dns::check::resolve_all(c) {
+                Ok((lines, all_ok)) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    if all_ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{label}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             for line in e.lines() {

@@ -41,6 +41,32 @@ pub struct RoutingTable {
     gate: Arc<DeployGate>,
 }
 
+/// One clone a table is built with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneSpec {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// The DNS name it was resolved from; `None` for a clone written in lb.toml.
+    pub source: Option<Arc<str>>,
+}
+
+impl CloneSpec {
+    /// The clones written in lb.toml, in its order.
+    pub fn of_config(config: &Config) -> Vec<CloneSpec> {
+        config
+            .backends
+            .iter()
+            .map(|b| CloneSpec {
+                name: Arc::from(b.name.as_str()),
+                address: b.address,
+                weight: b.weight,
+                source: None,
+            })
+            .collect()
+    }
+}
+
 /// What one request needs to know about failures, copied out of the table per request.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -63,30 +89,32 @@ impl RoutingTable {
     /// Build a table for `config`, carrying over the state of every clone whose address
     /// `previous` already had.
     pub fn build(config: &Config, previous: Option<&RoutingTable>) -> RoutingTable {
-        Self::build_reusing(config, |a| {
+        Self::build_reusing(config, &CloneSpec::of_config(config), |a| {
             previous
                 .and_then(|p| p.find(a))
                 .map(|b| Arc::clone(&b.state))
         })
     }
 
-    /// Build a table for `config`, taking each clone's state from `reuse` (by address) when
-    /// it has one, so health, in-flight counts, counters and pooled connections carry over.
+    /// Build a table for `config` and `clones` (the lb.toml clones and those its DNS names
+    /// resolved to, in that order: [`CloneSpec::of_config`] for lb.toml's alone), taking
+    /// each clone's state from `reuse` (by address) when it has one, so health, in-flight
+    /// counts, counters and pooled connections carry over.
     pub fn build_reusing(
         config: &Config,
+        clones: &[CloneSpec],
         reuse: impl Fn(SocketAddr) -> Option<Arc<BackendState>>,
     ) -> RoutingTable {
-        let backends: Box<[Backend]> = config
-            .backends
+        let backends: Box<[Backend]> = clones
             .iter()
-            .map(|b| {
-                let name: Arc<str> = Arc::from(b.name.as_str());
-                let state = reuse(b.address).unwrap_or_else(|| new_state(config, b.address));
-                state.set_name(&name);
+            .map(|c| {
+                let state = reuse(c.address).unwrap_or_else(|| new_state(config, c.address));
+                state.set_name(&c.name);
                 Backend {
-                    name,
-                    address: b.address,
-                    weight: b.weight,
+                    name: Arc::clone(&c.name),
+                    address: c.address,
+                    weight: c.weight,
+                    source: c.source.clone(),
                     state,
                 }
             })
@@ -129,6 +157,11 @@ impl RoutingTable {
     }
 
     /// The pages for clonelb's own answers.
+    /// The table's error pages, shared (a table built from this one keeps them).
+    pub fn error_pages_shared(&self) -> Arc<ErrorPages> {
+        Arc::clone(&self.error_pages)
+    }
+
     pub fn error_pages(&self) -> &ErrorPages {
         &self.error_pages
     }

@@ -26,6 +26,15 @@ pub(super) fn status(s: &Status, path: Option<PathBuf>) -> Value {
         "backends": s.backends.iter().map(clone_entry).collect::<Vec<_>>(),
         "deploy": deploy(&s.deploy),
         "audit": audit(&s.audit),
+        "dns": s.dns.iter().map(|d| json!({
+            "name": &*d.name,
+            "type": d.kind,
+            "result": d.result.map(|r| r.as_str()),
+            "error": d.error,
+            "clones": d.clones,
+            "resolved_at": d.resolved_at.map(rfc3339),
+            "last_lookup": d.last_lookup.map(rfc3339),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -83,6 +92,9 @@ pub(super) fn clone_entry(c: &CloneStatus) -> Value {
         "weight": c.weight,
         "state": c.state.as_str(),
         "version": c.version.as_deref(),
+        // Where it comes from: "lb.toml", or the DNS name it was resolved from, and when.
+        "source": c.source.as_deref().unwrap_or("lb.toml"),
+        "resolved_at": c.resolved_at.map(rfc3339),
         "in_flight": c.in_flight,
         "requests_total": c.counters.requests,
         "failures_total": c.counters.failures,

@@ -182,6 +182,20 @@ pub(super) fn render(s: &Status) -> Result<String, String> {
         ));
     }
 
+    let mut lookups = Vec::new();
+    for d in &s.dns {
+        for r in crate::dns::LookupResult::ALL {
+            let n = d.lookups[r.index()];
+            lookups.push(counter(&[("name", &d.name), ("result", r.as_str())], n));
+        }
+    }
+    families.push(family(
+        "clonelb_dns_lookups_total",
+        "Lookups of each DNS name of lb.toml, by result (only ok and nodata change its clones).",
+        MetricType::COUNTER,
+        lookups,
+    ));
+
     // A family with no series (no clones) cannot be written: leave it out.
     families.retain(|f| !f.get_metric().is_empty());
     let mut out = Vec::new();

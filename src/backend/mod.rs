@@ -30,6 +30,8 @@ pub struct Backend {
     pub name: Arc<str>,
     pub address: SocketAddr,
     pub weight: u32,
+    /// The DNS name it was resolved from; `None` for a clone written in lb.toml.
+    pub source: Option<Arc<str>>,
     pub state: Arc<BackendState>,
 }
 

@@ -96,6 +96,16 @@ pub enum ConfigError {
         address: SocketAddr,
         first_line: usize,
     },
+    #[error("duplicate DNS name {name} (first used on line {first_line})")]
+    DuplicateSource { name: String, first_line: usize },
+    #[error("`address` and `srv` are two ways to give a clone: use one per [[backend]]")]
+    AddressAndSrv,
+    #[error("`weight` cannot be set with `srv`: each SRV record carries its own weight")]
+    WeightWithSrv,
+    #[error("invalid SRV name \"{value}\": {reason} (e.g. \"_http._tcp.app.service.consul\")")]
+    BadSrvName { value: String, reason: String },
+    #[error("invalid `resolver` \"{value}\": {reason} (expected IP:PORT, e.g. \"127.0.0.1:53\", or an IP for port 53)")]
+    BadResolver { value: String, reason: String },
     #[error("warning: no [[backend]] entries: every request will be answered 503")]
     NoBackends,
     #[error("`{key}` = {value} must be a number from 0 to 1")]

@@ -33,18 +33,22 @@ mod schema;
 mod section;
 mod validate;
 mod validate_audit;
+mod validate_dns;
 mod values;
 mod walk;
+mod walk_backends;
 mod walker;
 
 pub use self::error::{format_diagnostic, ConfigError, Diagnostic, LoadError};
 pub use self::schema::{
-    AdminConfig, AuditConfig, BackendConfig, BalancerConfig, Config, DeployConfig, HealthConfig,
-    LimitsConfig, ListenConfig, LogConfig, ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD,
-    MAX_RETRIES, MAX_WEIGHT, MIN_HEADER_SIZE,
+    AdminConfig, AuditConfig, BackendConfig, BalancerConfig, Config, DeployConfig,
+    DnsBackendConfig, DnsConfig, DnsLookup, HealthConfig, LimitsConfig, ListenConfig, LogConfig,
+    ProxyConfig, ReloadConfig, DEFAULT_UNHEALTHY_THRESHOLD, MAX_RETRIES, MAX_WEIGHT,
+    MIN_HEADER_SIZE,
 };
 pub use self::values::{
-    page_content_type, parse_address, parse_duration, parse_size, AccessFormat, Choice, CutoverAt,
+    check_dns_name, page_content_type, parse_address, parse_clone_target, parse_duration,
+    parse_size, AccessFormat, Choice, CloneTarget, CutoverAt,
     DeployMode, LogFormat, Secret, StatusRanges, ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
 };
 pub use crate::strategy::StrategyKind;

@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::section::section;
-use super::values::{AccessFormat, CutoverAt, DeployMode, LogFormat, Secret, StatusRanges};
+use super::values::{
+    AccessFormat, CloneTarget, CutoverAt, DeployMode, LogFormat, Secret, StatusRanges,
+};
 use crate::strategy::StrategyKind;
 
 /// hyper cannot read request heads with a buffer under 8 KiB.
@@ -230,18 +232,83 @@ section! {
 }
 
 section! {
-    /// One `[[backend]]`: a clone.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-    pub struct BackendConfig in "[[backend]]" {
-        /// Required. Unique.
-        // Missing is reported by the `[[backend]]` rules in walk.rs; the placeholder's
-        // port 0 is one no valid clone address has.
-        address: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0)) => clone_address,
-        /// Defaults to the address as written. Unique.
+    /// `[dns]`: how clones given by a host name or an SRV name are resolved.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    pub struct DnsConfig in "[dns]" with Default {
+        /// The DNS server asked (`IP:PORT`, or an IP for port 53); default: the system's
+        /// (`/etc/resolv.conf`).
+        resolver: Option<SocketAddr> = None => dns_server,
+        /// Re-resolve each name this often, or at its records' TTL when shorter; never
+        /// below 1 s.
+        refresh: Duration = secs(5) => refresh,
+    }
+}
+
+section! {
+    /// One `[[backend]]` entry as written: one clone (`address` an IP), or a name whose
+    /// DNS records are the clones (`address` a host name, or `srv`). `walk_backends.rs`
+    /// turns entries into [`BackendConfig`]s and [`DnsBackendConfig`]s.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct BackendEntry in "[[backend]]" {
+        /// `IP:PORT`, `localhost:PORT` or `HOST:PORT` (every A/AAAA record one clone).
+        address: Option<CloneTarget> = None => clone_target,
+        /// Instead of `address`: an SRV name (records give host, port and weight).
+        srv: Option<String> = None => srv_name,
+        /// Defaults to the address (or SRV name) as written. Unique.
         name: String = String::new() => text,
-        /// 1..=1000, default 1.
+        /// 1..=1000, default 1 (not with `srv`: the records carry the weights).
         weight: u32 = 1 => weight,
     }
+}
+
+/// One clone written in lb.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    /// Defaults to the address as written. Unique.
+    pub name: String,
+    /// 1..=1000, default 1.
+    pub weight: u32,
+}
+
+/// What a DNS `[[backend]]` entry asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub enum DnsLookup {
+    /// A and AAAA records of `host`; each address with `port` is a clone.
+    Host { host: String, port: u16 },
+    /// SRV records of `name` (lowest priority only), their targets' addresses.
+    Srv { name: String },
+}
+
+impl DnsLookup {
+    /// The name looked up, as written (the clones' `source`).
+    pub fn name(&self) -> &str {
+        match self {
+            DnsLookup::Host { host, .. } => host,
+            DnsLookup::Srv { name } => name,
+        }
+    }
+
+    /// `"address"` or `"srv"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DnsLookup::Host { .. } => "address",
+            DnsLookup::Srv { .. } => "srv",
+        }
+    }
+}
+
+/// A `[[backend]]` entry whose clones come from DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsBackendConfig {
+    pub lookup: DnsLookup,
+    /// Its clones are named `NAME/IP:PORT`. Defaults to the address or SRV name as written.
+    pub name: String,
+    /// Each resolved clone's weight (an address entry; SRV records carry their own).
+    pub weight: u32,
+    /// How many lb.toml clones are written before it: where its clones go in lb.toml's
+    /// order (the first source of an address wins).
+    pub after_static: usize,
 }
 
 /// The whole validated configuration.
@@ -264,7 +331,12 @@ pub struct Config {
     /// instead of clonelb's own text for that status. Only the paths: the files are read
     /// by `error_pages` when the file is loaded.
     pub error_pages: BTreeMap<u16, PathBuf>,
+    /// `[dns]` (defaults when absent).
+    pub dns: DnsConfig,
+    /// The clones written as IP addresses, in lb.toml order.
     pub backends: Vec<BackendConfig>,
+    /// The entries resolved by DNS, in lb.toml order.
+    pub dns_backends: Vec<DnsBackendConfig>,
 }
 
 impl Config {

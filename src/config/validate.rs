@@ -300,15 +300,6 @@ impl Walker<'_> {
         }
     }
 
-    /// A clone's address: port 1..=65535.
-    pub(super) fn clone_address(&mut self, table: &DeTable<'_>, key: &str, slot: &mut SocketAddr) {
-        if let Some((_, v)) = find(table, key) {
-            if let Some(a) = self.address(key, v, false) {
-                *slot = a;
-            }
-        }
-    }
-
     /// A clone's weight, 1..=[`MAX_WEIGHT`].
     pub(super) fn weight(&mut self, table: &DeTable<'_>, key: &str, slot: &mut u32) {
         if let Some((w, span)) = self.integer(table, key) {

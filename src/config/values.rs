@@ -71,9 +71,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (read as 127.0.0.1); port 0 is returned as
-/// is (only a listener may use it). Host names are not
-/// resolved: a balancer must not block a reload on DNS, and DNS-based discovery of clones
-/// is its own feature.
+/// is (only a listener may use it). Host names are not resolved here: a balancer must not
+/// block a reload on DNS. A clone's `address` may be a host name ([`parse_clone_target`]),
+/// which the resolver task resolves after the reload.
 pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -94,6 +94,73 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     Err(format!(
         "\"{host}\" is not an IP address (host names are not resolved)"
     ))
+}
+
+/// A clone's `address` as written: an IP address (or `localhost`) and a port, which is one
+/// clone, or a host name and a port, whose A/AAAA records are the clones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneTarget {
+    Ip(SocketAddr),
+    Host { host: String, port: u16 },
+}
+
+/// A clone's `address`: what [`parse_address`] takes, or `HOST:PORT` with a valid DNS name.
+/// Port 0 is returned as is (the validator refuses it).
+pub fn parse_clone_target(s: &str) -> Result<CloneTarget, String> {
+    let ip_error = match parse_address(s) {
+        Ok(a) => return Ok(CloneTarget::Ip(a)),
+        Err(e) => e,
+    };
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(ip_error);
+    };
+    // An IP-looking host (or a port problem) keeps parse_address's reason.
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(ip_error);
+    };
+    if host.contains(':') || host.starts_with('[') {
+        return Err(ip_error);
+    }
+    check_dns_name(host)
+        .map_err(|reason| format!("\"{host}\" is neither an IP address nor a host name: {reason}"))?;
+    Ok(CloneTarget::Host {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// A DNS name as lb.toml may give it (a host or an SRV name): labels of letters, digits,
+/// `-` and `_` (SRV names start with `_service._proto.`), each 1..=63 bytes, at most 253 in
+/// all, an optional final dot; not all digits and dots (that is a mistyped IP address).
+pub fn check_dns_name(s: &str) -> Result<(), String> {
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 bytes".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (two dots in a row)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label \"{label}\" is longer than 63 bytes"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("'{c}' is not allowed in a host name"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label \"{label}\" starts or ends with '-'"));
+        }
+    }
+    if name.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err("all digits: not a valid IP address either".into());
+    }
+    Ok(())
 }
 
 /// A set of status codes: "200-399", "200", "200,204", or a mix ("200-299,304").

@@ -6,8 +6,7 @@
 //!
 //! Must not touch: I/O, shared state, `error.rs`, the request path.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -32,6 +31,7 @@ const TOP_KEYS: &[&str] = &[
     "deploy",
     "audit",
     "error_pages",
+    "dns",
     "backend",
 ];
 
@@ -69,8 +69,10 @@ impl Walker<'_> {
             Some((t, _)) => self.error_pages(t),
             None => BTreeMap::new(),
         };
-        let backends = self.backends(root);
-        if let CutoverAt::Count(count) = deploy.cutover_at {
+        let dns = self.optional(root, "dns");
+        let (backends, dns_backends) = self.backends(root);
+        // With DNS entries the number of clones is only known at run time.
+        if let (CutoverAt::Count(count), true) = (deploy.cutover_at, dns_backends.is_empty()) {
             // A count is only there when [deploy] is a valid table (else the default).
             let at = self
                 .table(root, "deploy")
@@ -93,7 +95,9 @@ impl Walker<'_> {
             deploy,
             audit,
             error_pages,
+            dns,
             backends,
+            dns_backends,
         }
     }
 
@@ -148,7 +152,7 @@ impl Walker<'_> {
     }
 
     /// Every key of `t`: unknown ones reported, declared ones read over their defaults.
-    fn read<S: Section>(&mut self, t: &DeTable<'_>) -> S {
+    pub(super) fn read<S: Section>(&mut self, t: &DeTable<'_>) -> S {
         self.check_keys(t, S::TABLE, S::KEYS);
         let mut section = S::defaults();
         section.read_keys(self, t);
@@ -231,101 +235,5 @@ impl Walker<'_> {
             );
         }
         h
-    }
-
-    /// `[[backend]]`: each needs an address; addresses and names (by default the address
-    /// as written) are unique, and a duplicate is reported where it is written the second
-    /// time, with the line of the first.
-    fn backends(&mut self, root: &DeTable<'_>) -> Vec<BackendConfig> {
-        let mut out = Vec::new();
-        let Some((key, value)) = find(root, "backend") else {
-            self.report(self.src.len()..self.src.len(), ConfigError::NoBackends);
-            return out;
-        };
-        let Some(array) = value.get_ref().as_array() else {
-            self.wrong_type(key, value, "an array of tables ([[backend]])");
-            return out;
-        };
-        if array.is_empty() {
-            self.report(key.span(), ConfigError::NoBackends);
-        }
-        let mut names: HashMap<String, usize> = HashMap::new();
-        let mut addresses: HashMap<SocketAddr, usize> = HashMap::new();
-        for item in array.iter() {
-            let Some(t) = item.get_ref().as_table() else {
-                self.report(
-                    item.span(),
-                    ConfigError::WrongType {
-                        key: "backend".into(),
-                        expected: "a table",
-                        found: item.get_ref().type_str(),
-                    },
-                );
-                continue;
-            };
-            let mut b: BackendConfig = self.read(t);
-            let address = find(t, "address");
-            if address.is_none() {
-                self.report(
-                    item.span(),
-                    ConfigError::MissingKey {
-                        table: "[[backend]]".into(),
-                        key: "address",
-                    },
-                );
-            }
-            // A name of the wrong type (reported) is treated as absent.
-            let name_span = find(t, "name")
-                .filter(|(_, v)| v.get_ref().as_str().is_some())
-                .map(|(_, v)| v.span());
-            if let Some(span) = &name_span {
-                if b.name.is_empty() {
-                    self.report(span.clone(), ConfigError::EmptyName);
-                } else if let Some(first) = names.get(&b.name) {
-                    let error = ConfigError::DuplicateName {
-                        name: b.name.clone(),
-                        first_line: *first,
-                    };
-                    self.report(span.clone(), error);
-                } else {
-                    let line = self.line_of(span.start);
-                    names.insert(b.name.clone(), line);
-                }
-            }
-            // A missing or invalid address (reported) leaves port 0, which the validator
-            // refuses for a clone.
-            let Some((_, addr_value)) = address.filter(|_| b.address.port() != 0) else {
-                continue;
-            };
-            if let Some(first) = addresses.get(&b.address) {
-                self.report(
-                    addr_value.span(),
-                    ConfigError::DuplicateAddress {
-                        address: b.address,
-                        first_line: *first,
-                    },
-                );
-                continue;
-            }
-            let line = self.line_of(addr_value.span().start);
-            addresses.insert(b.address, line);
-            if name_span.is_none() {
-                // The default name is the address as written; it must not collide with an
-                // explicit name either.
-                let written = addr_value.get_ref().as_str().unwrap_or_default();
-                if let Some(first) = names.get(written) {
-                    let error = ConfigError::DuplicateName {
-                        name: written.to_string(),
-                        first_line: *first,
-                    };
-                    self.report(addr_value.span(), error);
-                    continue;
-                }
-                names.insert(written.to_string(), line);
-                b.name = written.to_string();
-            }
-            out.push(b);
-        }
-        out
     }
 }

@@ -21,15 +21,17 @@
 
 mod audit;
 mod deploy;
+mod dns;
 mod history;
+mod publish;
 mod restart_only;
 pub mod runtime;
 pub mod status;
 mod steer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -52,6 +54,7 @@ pub use crate::stats::{
     ChecksCount, HistogramSnapshot, HistoryPoint, LastCheck, LastMinute, ProcessSnapshot,
 };
 pub use deploy::{DeployStatus, Fallback, PinError, VersionCount};
+pub use dns::DnsNameStatus;
 pub use status::{CloneState, CloneStatus, Counters, OutlierStatus, Status};
 pub use steer::Drain;
 
@@ -95,6 +98,8 @@ struct Draining {
 /// The run-time state of a balancer. Lives on the control runtime; the request path never
 /// touches its lock (it reads only the table and the TLS configuration, lock-free).
 pub struct ControlState {
+    /// Itself, for the tasks it starts (they end once it is dropped).
+    me: Weak<ControlState>,
     table: Arc<SharedTable>,
     tls: Arc<ArcSwapOption<ServerConfig>>,
     rt: tokio::runtime::Handle,
@@ -125,6 +130,8 @@ struct Inner {
     last_error: Option<Vec<String>>,
     draining: Vec<Draining>,
     health: HealthChecks,
+    /// The DNS names of lb.toml, what they resolved to, their tasks.
+    dns: dns::Dns,
 }
 
 impl Inner {
@@ -155,7 +162,8 @@ impl ControlState {
                 }
             })
         };
-        let state = Arc::new(ControlState {
+        let state = Arc::new_cyclic(|me| ControlState {
+            me: Weak::clone(me),
             table: Arc::new(ArcSwap::from_pointee(
                 RoutingTable::build(&inputs.config, None)
                     .with_error_pages(Arc::clone(&inputs.error_pages))
@@ -172,6 +180,7 @@ impl ControlState {
                 last_error: None,
                 draining: Vec::new(),
                 health: HealthChecks::new(hooks),
+                dns: dns::Dns::default(),
             }),
             process,
             history: Mutex::new(History::default()),
@@ -193,6 +202,9 @@ impl ControlState {
             state.sync_health(&mut inner);
             let table = state.table.load();
             inner.remember_names(&table);
+            // The DNS names' clones come with their first answers.
+            inner.dns.set_entries(&inputs.config);
+            inner.dns.start_tasks(Weak::clone(&state.me), &state.rt);
         }
         let weak = Arc::downgrade(&state);
         state.rt.spawn(async move {
@@ -288,134 +300,6 @@ impl ControlState {
         &self.rt
     }
 
-    /// Apply a new desired state: swap in a table for it, start draining what it no longer
-    /// has, sync the health checkers, clear the last error. Logs one line naming what
-    /// changed. Settings that need a restart keep their running values (logged).
-    pub fn publish(&self, inputs: Inputs) -> Summary {
-        let mut inner = self.lock();
-        let Inputs {
-            mut config,
-            tls,
-            error_pages,
-        } = inputs;
-        let old = self.table.load_full();
-        let running = old.config();
-        keep_restart_only_settings(&mut config, running, inner.listeners, inner.admin_listener);
-        // A new certificate is used for new handshakes; open connections keep theirs. With
-        // no https listener running there is nothing to give it to.
-        if running.listen.https.is_some() {
-            self.tls.store(tls);
-        }
-        // A clone coming back while it drains gets its state (and connections) back. Every
-        // lookup here is by hash, not a scan: a publish is linear in the clones.
-        let draining: HashMap<SocketAddr, &Backend> = inner
-            .draining
-            .iter()
-            .map(|d| (d.backend.address, &d.backend))
-            .collect();
-        let new = RoutingTable::build_reusing(&config, |addr| {
-            old.find(addr)
-                .or_else(|| draining.get(&addr).copied())
-                .map(|b| Arc::clone(&b.state))
-        })
-        .with_error_pages(error_pages)
-        .with_gate(Arc::clone(self.deploy.gate()));
-        drop(draining);
-        let mut added: Vec<&str> = Vec::new();
-        let mut changed: Vec<&str> = Vec::new();
-        for b in new.backends() {
-            match old.find(b.address) {
-                None => added.push(&b.name),
-                Some(o) if o.name != b.name || o.weight != b.weight => changed.push(&b.name),
-                Some(_) => {}
-            }
-        }
-        inner.draining.retain(|d| {
-            let is_back = new.find(d.backend.address).is_some();
-            if is_back {
-                d.backend.state.set_draining(false);
-            }
-            !is_back
-        });
-        let removed: Vec<Backend> = old
-            .backends()
-            .iter()
-            .filter(|b| new.find(b.address).is_none())
-            .cloned()
-            .collect();
-        let removed_names: Vec<&str> = removed.iter().map(|b| &*b.name).collect();
-        let summary = Summary {
-            generation: inner.generation + 1,
-            added: added.iter().map(|n| n.to_string()).collect(),
-            removed: removed_names.iter().map(|n| n.to_string()).collect(),
-            changed: changed.iter().map(|n| n.to_string()).collect(),
-        };
-        tracing::info!(
-            generation = summary.generation,
-            added = %name_list(&added),
-            removed = %name_list(&removed_names),
-            changed = %name_list(&changed),
-            "reloaded"
-        );
-
-        // Reopens the access log (every reload does, logrotate's convention). Before the
-        // swap, so that once the new table turns the log on its thread exists.
-        self.access.configure(access_log::Settings::of(&config.log));
-        let new = Arc::new(new);
-        let drain_timeout = new.proxy().drain_timeout;
-        self.table.store(new);
-        if config
-            .health
-            .as_ref()
-            .and_then(|h| h.version_header.as_ref())
-            .is_none()
-        {
-            // No checker reads versions any more: forget the last ones reported.
-            for b in self.table.load().backends() {
-                b.state.clear_version();
-            }
-        }
-        self.deploy.configure(&config, &self.table);
-        self.audit
-            .configure(AuditSettings::of(&config), Arc::clone(&self.table));
-
-        let deadline = Instant::now() + drain_timeout;
-        for b in &removed {
-            self.audit.forget(b.address);
-            b.state.set_draining(true);
-            tracing::info!(clone = %b.name, address = %b.address, in_flight = b.state.in_flight(), "clone removed; draining");
-            inner.draining.push(Draining {
-                backend: b.clone(),
-                deadline,
-            });
-        }
-        inner.generation = summary.generation;
-        inner.loaded_at = SystemTime::now();
-        inner.remember_names(&self.table.load());
-        inner.last_error = None;
-        self.sync_health(&mut inner);
-        self.process.count_reload(true);
-        summary
-    }
-
-    /// A new desired state could not be had (unreadable or invalid file): keep serving the
-    /// running one, log the problems and keep them as the last error until the next
-    /// success.
-    pub fn reject(&self, lines: Vec<String>) {
-        let mut inner = self.lock();
-        tracing::error!(
-            generation = inner.generation,
-            "reload failed; still serving the previous configuration"
-        );
-        for l in &lines {
-            tracing::error!("{l}");
-        }
-        inner.last_error = Some(lines);
-        self.process.count_reload(false);
-        // A reload, even a rejected one, reopens the access log (logrotate's convention).
-        self.access.reopen();
-    }
-
     /// What is running now.
     pub fn status(&self) -> Status {
         let inner = self.lock();
@@ -426,7 +310,12 @@ impl ControlState {
         let of = |b: &Backend, draining| {
             let outlier = audit.status_of(b.address);
             let (h, v) = (&*history, versions);
-            CloneStatus::of(&b.name, b.weight, &b.state, draining, h, v, outlier)
+            let mut c = CloneStatus::of(&b.name, b.weight, &b.state, draining, h, v, outlier);
+            if let Some(source) = &b.source {
+                c.resolved_at = inner.dns.resolved_at(source);
+                c.source = Some(Arc::clone(source));
+            }
+            c
         };
         let mut backends: Vec<CloneStatus> =
             table.backends().iter().map(|b| of(b, false)).collect();
@@ -440,6 +329,7 @@ impl ControlState {
             process: self.process.snapshot(),
             deploy: self.deploy.status(table.backends()),
             audit: self.audit.snapshot(),
+            dns: inner.dns.status(),
         }
     }
 
@@ -460,24 +350,12 @@ impl ControlState {
             .sync(&self.rt, table.config().health.as_ref(), &clones);
     }
 
-    /// Stop the health checkers (at shutdown).
+    /// Stop the health checkers and the resolver tasks (at shutdown).
     pub fn stop(&self) {
-        self.lock().health.stop_all();
+        let mut inner = self.lock();
+        inner.health.stop_all();
+        inner.dns.stop();
     }
-}
-
-/// `a,b,c`, at most [`LOGGED_NAMES`] names, then ` and N more`; empty for none.
-fn name_list(names: &[&str]) -> String {
-    let mut s = names
-        .iter()
-        .take(LOGGED_NAMES)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(",");
-    if names.len() > LOGGED_NAMES {
-        s.push_str(&format!(" and {} more", names.len() - LOGGED_NAMES));
-    }
-    s
 }
 
 #[cfg(test)]

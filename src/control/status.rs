@@ -34,6 +34,8 @@ pub struct Status {
     pub deploy: DeployStatus,
     /// The consistency audit's counters and verdicts (`audit` in `/status`).
     pub audit: crate::audit::task::AuditSnapshot,
+    /// The DNS names of lb.toml and their last lookups (`dns` in `/status`).
+    pub dns: Vec<super::DnsNameStatus>,
 }
 
 impl Status {
@@ -80,6 +82,10 @@ pub struct CloneStatus {
     pub history: Vec<HistoryPoint>,
     /// Markedly worse than its peers over `[audit] window` (`None`: not, or no `[audit]`).
     pub outlier: Option<OutlierStatus>,
+    /// The DNS name it was resolved from (`None`: written in lb.toml).
+    pub source: Option<Arc<str>>,
+    /// When that name last resolved (the answer this clone is part of, or left).
+    pub resolved_at: Option<SystemTime>,
 }
 
 /// A clone the peer comparison names (`outlier` in `/status`).
@@ -194,6 +200,8 @@ impl CloneStatus {
             last_minute,
             history,
             outlier,
+            source: None,
+            resolved_at: None,
         }
     }
 }

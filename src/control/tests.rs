@@ -1,5 +1,6 @@
 //! The control plane in paused time: publish, status, the drain reaper.
 
+use super::publish::name_list;
 use super::*;
 use crate::config::parse;
 
@@ -155,11 +156,10 @@ async fn a_clone_added_back_while_draining_keeps_its_state() {
 #[test]
 fn name_lists_stop_at_ten() {
     assert_eq!(name_list(&[]), "");
-    assert_eq!(name_list(&["a", "b"]), "a,b");
+    assert_eq!(name_list(&["a".into(), "b".into()]), "a,b");
     let many: Vec<String> = (1..=13).map(|i| format!("c{i}")).collect();
-    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     assert_eq!(
-        name_list(&refs),
+        name_list(&many),
         "c1,c2,c3,c4,c5,c6,c7,c8,c9,c10 and 3 more"
     );
 }
