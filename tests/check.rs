@@ -622,7 +622,7 @@ fn unparseable_addresses() {
             "[listen]",
             r#"http = "127.0.0.1""#,
             "[[backend]]",
-            r#"address = "nonsense:80""#,
+            r#"address = "non sense:80""#,
             "[[backend]]",
             r#"address = "127.0.0.1:99999""#,
             "[[backend]]",
@@ -636,8 +636,8 @@ fn unparseable_addresses() {
                 4,
                 11,
                 &address_msg(
-                    "nonsense:80",
-                    r#""nonsense" is not an IP address (host names are not resolved)"#,
+                    "non sense:80",
+                    r#""non sense" is neither an IP address nor a host name: ' ' is not allowed in a host name"#,
                 ),
             ),
             (
@@ -829,7 +829,7 @@ fn values_of_the_wrong_type() {
             (
                 10,
                 11,
-                r#"`address` must be a string "IP:PORT", found integer"#,
+                r#"`address` must be a string "IP:PORT" or "HOST:PORT", found integer"#,
             ),
             (11, 10, "`weight` must be an integer, found float"),
         ],

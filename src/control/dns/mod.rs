@@ -345,3 +345,6 @@ impl ControlState {
         self.deploy.observe(&self.table);
     }
 }
+
+#[cfg(test)]
+mod tests;
