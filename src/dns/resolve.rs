@@ -26,8 +26,9 @@ use crate::config::{DnsConfig, MAX_WEIGHT};
 /// One query's wait for an answer, per attempt.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Attempts per query (so a server that never answers fails a lookup after 4 s).
-pub const QUERY_ATTEMPTS: usize = 2;
+/// hickory's retries after a query's first try (so a server that never answers fails a
+/// lookup after 2 × [`QUERY_TIMEOUT`] = 4 s).
+pub const QUERY_RETRIES: usize = 1;
 
 /// A resolver for `[dns]`: the given server, or the system's.
 #[derive(Clone)]
@@ -69,7 +70,7 @@ impl Resolver {
         };
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = QUERY_TIMEOUT;
-        opts.attempts = QUERY_ATTEMPTS;
+        opts.attempts = QUERY_RETRIES;
         opts.cache_size = 0;
         opts.positive_max_ttl = Some(config.refresh);
         opts.negative_max_ttl = Some(config.refresh);
@@ -192,7 +193,7 @@ impl Resolver {
             }
             Err(NetError::Timeout) => One::Failed(
                 LookupResult::Timeout,
-                format!("{kind} query timed out ({QUERY_ATTEMPTS} attempts of {QUERY_TIMEOUT:?})"),
+                format!("{kind} query timed out (no answer in {QUERY_TIMEOUT:?}, twice)"),
             ),
             Err(NetError::Dns(DnsError::ResponseCode(code))) => {
                 One::Failed(LookupResult::Error, format!("{kind} query: {code}"))
