@@ -22,6 +22,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub mod dns;
+
 /// What a test clone saw.
 #[derive(Default)]
 pub struct CloneStats {
@@ -135,8 +137,15 @@ pub fn spawn_clone(name: &str) -> TestClone {
     spawn_clone_at(name, "127.0.0.1:0".parse().unwrap())
 }
 
-/// A clone on a given address (to restart a killed one where it was).
+/// A clone on a given address (to restart a killed one where it was, or on another
+/// loopback IP such as 127.0.0.2).
 pub fn spawn_clone_at(name: &str, at: SocketAddr) -> TestClone {
+    try_spawn_clone_at(name, at).unwrap_or_else(|e| panic!("cannot listen on {at}: {e}"))
+}
+
+/// As [`spawn_clone_at`], but a failure to listen on `at` (e.g. the port is taken) is
+/// returned.
+pub fn try_spawn_clone_at(name: &str, at: SocketAddr) -> std::io::Result<TestClone> {
     let stats = Arc::new(CloneStats::default());
     let (release, release_rx) = watch::channel(0u64);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -150,8 +159,14 @@ pub fn spawn_clone_at(name: &str, at: SocketAddr) -> TestClone {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = TcpListener::bind(at).await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let listener = match TcpListener::bind(at).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(e));
+                    return;
+                }
+            };
+            addr_tx.send(Ok(listener.local_addr().unwrap())).unwrap();
             let stop = tokio::task::spawn_blocking(move || {
                 let _ = stop_rx.recv();
             });
@@ -181,15 +196,47 @@ pub fn spawn_clone_at(name: &str, at: SocketAddr) -> TestClone {
         drop(rt);
         let _ = stopped_tx.send(());
     });
-    let addr = addr_rx.recv().unwrap();
-    TestClone {
+    let addr = addr_rx.recv().unwrap()?;
+    Ok(TestClone {
         name: name.to_string(),
         addr,
         stats,
         release,
         stop: Mutex::new(Some(stop_tx)),
         stopped: Mutex::new(Some(stopped_rx)),
+    })
+}
+
+/// One clone on each loopback IP of `ips` (e.g. `["127.0.0.1", "127.0.0.2", "127.0.0.3"]`),
+/// all on the same port, as one DNS name's A records describe them: the port and the clones
+/// in `ips`' order, each named `PREFIX/IP:PORT` (the name clonelb gives a clone of a name
+/// with `name = "PREFIX"`, so [`Answer::clone_name`] matches /status). The port is one
+/// free on the first IP, then tried on the others; taken there, another is tried.
+pub fn clones_on_ips(name_prefix: &str, ips: &[&str]) -> (u16, Vec<TestClone>) {
+    let ips: Vec<std::net::IpAddr> = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+    assert!(
+        ips.iter().all(|ip| ip.is_loopback()),
+        "tests use 127.0.0.0/8 only: {ips:?}"
+    );
+    for _ in 0..50 {
+        let Ok(probe) = std::net::TcpListener::bind(SocketAddr::new(ips[0], 0)) else {
+            continue;
+        };
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        // The port may be taken on any IP, the first too (by someone else in between).
+        let clones: Result<Vec<TestClone>, _> = ips
+            .iter()
+            .map(|ip| {
+                let at = SocketAddr::new(*ip, port);
+                try_spawn_clone_at(&format!("{name_prefix}/{at}"), at)
+            })
+            .collect();
+        if let Ok(clones) = clones {
+            return (port, clones);
+        }
     }
+    panic!("no port free on all of {ips:?} in 50 tries");
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
@@ -569,6 +616,24 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     let deadline = Instant::now() + limit;
     loop {
         if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As [`eventually`], for a condition that needs to await (e.g. an admin request).
+pub async fn eventually_async<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
             return true;
         }
         if Instant::now() >= deadline {
