@@ -851,6 +851,31 @@ async fn a_ttl_of_0_is_asked_again_about_once_a_second() {
     assert!((2..=8).contains(&n), "{n} A queries in {window:?}");
 }
 
+/// clonelb keeps no DNS cache: records with a TTL far longer than `refresh` are asked for
+/// again every `refresh`, so a change applies at the refresh, not at the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_ttl_does_not_hold_a_change_past_the_refresh() {
+    let dns = DnsServer::start();
+    let (port, clones) = clones_on_ips("app", &ALL3[..2]);
+    dns.set_a("app.test", &ALL3[..1], 3600);
+    let lb = spawn_lb(&lb_toml(
+        &dns,
+        "1s",
+        &address_entry(&format!("app.test:{port}"), Some("app")),
+    ));
+    let admin = lb.admin_addr().unwrap();
+    wait_status(admin, SETTLE, "the first clone up", |v| {
+        states(v) == exactly(&[(clones[0].addr, "up")])
+    })
+    .await;
+    dns.set_a("app.test", &ALL3[..2], 3600);
+    wait_status(admin, SETTLE, "the second clone added at the refresh", |v| {
+        states(v) == exactly(&[(clones[0].addr, "up"), (clones[1].addr, "up")])
+    })
+    .await;
+    assert!(dns.queries("app.test", RecordType::A) >= 2);
+}
+
 // ---------------------------------------------------------------------------------------
 // Reload
 // ---------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ fn describe(lookup: &DnsLookup, answer: &Answer) -> String {
     let name = lookup.name();
     match answer {
         Answer::Clones { clones, .. } if clones.is_empty() => {
-            format!("{name}: no records (NOERROR): no clones")
+            format!("{name}: no records (NOERROR)")
         }
         Answer::Clones { clones, ttl } => {
             let mut s = format!(

@@ -4,8 +4,8 @@
 //! section, else looked up).
 //!
 //! hickory reports NXDOMAIN and an empty answer alike as "no records found"; they are told
-//! apart by the response code. Its cache is off (and TTLs bounded by `refresh` besides), so
-//! every lookup asks the server: the schedule is [`super::next_lookup`]'s.
+//! apart by the response code. Its cache is off, so every lookup asks the server: the
+//! schedule is [`super::next_lookup`]'s.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -71,9 +71,9 @@ impl Resolver {
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = QUERY_TIMEOUT;
         opts.attempts = QUERY_RETRIES;
+        // No cache: every lookup asks the server (the schedule is next_lookup's), and the
+        // records keep the TTLs the server gave (`check --resolve` prints them).
         opts.cache_size = 0;
-        opts.positive_max_ttl = Some(config.refresh);
-        opts.negative_max_ttl = Some(config.refresh);
         let inner = builder
             .build()
             .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
