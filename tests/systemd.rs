@@ -104,6 +104,16 @@ fn status(fields: &HashMap<String, String>) -> &str {
     fields.get("STATUS").map_or("", String::as_str)
 }
 
+/// The child is killed if the test fails before it exits.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -136,7 +146,7 @@ fn ready_comes_once_the_listeners_accept_and_stopping_on_sigterm() {
         .replace("http = \"127.0.0.1:0\"", &format!("http = \"{http}\""))
         + &format!("[admin]\nlisten = \"{admin}\"\n");
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clonelb"))
+    let child = Command::new(env!("CARGO_BIN_EXE_clonelb"))
         .args(["run", "--config"])
         .arg(&config)
         .env("CLONELB_LOG", "warn")
@@ -145,6 +155,7 @@ fn ready_comes_once_the_listeners_accept_and_stopping_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = Reaped(child);
     let ready = notify.expect("READY");
     assert_eq!(status(&ready), "generation 1", "{ready:?}");
     for (what, addr) in [("listener", http), ("admin listener", admin)] {
@@ -156,9 +167,9 @@ fn ready_comes_once_the_listeners_accept_and_stopping_on_sigterm() {
     }
     // Exactly one READY=1 at start.
     notify.nothing_for(Duration::from_millis(300));
-    kill(child.id(), "-TERM");
+    kill(child.0.id(), "-TERM");
     notify.expect("STOPPING");
-    let exit = wait_exit(&mut child);
+    let exit = wait_exit(&mut child.0);
     assert_eq!((exit.code(), exit.signal()), (Some(0), None));
     let _ = std::fs::remove_dir_all(dir);
 }
