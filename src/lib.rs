@@ -434,9 +434,9 @@ pub fn run(config_path: &Path, options: Options) -> Result<(), StartError> {
     );
     // `start` returned: every listener is bound. Reload notifications start only now, so
     // a reload racing the start cannot tell systemd "ready" early.
-    crate::notify::ready(Some(&format!("generation {}", status.generation)));
-    if let Some(r) = &balancer.reloader {
-        r.notify_systemd();
+    match &balancer.reloader {
+        Some(r) => r.notify_systemd(),
+        None => crate::notify::ready(Some(&format!("generation {}", status.generation))),
     }
     serve_until_stopped(balancer, true);
     Ok(())

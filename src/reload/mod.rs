@@ -9,8 +9,8 @@
 //!
 //! Triggers: the file watcher (`watch/`: settled files, symlink chains; off with `[reload] watch = false`) and SIGHUP
 //! (set up by `clonelb run`), which always reloads, and the admin API's `POST /reload`: all
-//! of them call [`Reloader::reload`]. Under `clonelb run` (once it told systemd it is
-//! ready, [`Reloader::notify_systemd`]) each attempt is announced: `RELOADING=1` before,
+//! of them call [`Reloader::reload`]. Under `clonelb run` (from its first `READY=1`,
+//! [`Reloader::notify_systemd`]) each attempt is announced: `RELOADING=1` before,
 //! `READY=1` with the outcome as `STATUS=` after (see [`crate::notify`]).
 //!
 //! Owns: the config file, its last text, the watcher. Must not touch: the table or any
@@ -158,10 +158,14 @@ impl Reloader {
         &self.path
     }
 
-    /// From now on, tell systemd about every reload attempt (`clonelb run`, once it sent
-    /// its first `READY=1`: a reload racing the start must not say ready before the
-    /// listeners are bound).
+    /// Tell systemd the balancer is ready (`READY=1`, `STATUS=generation N`), and announce
+    /// every reload attempt from now on (`clonelb run`, once its listeners are bound: a
+    /// reload during the start says nothing). Under the reload lock, so a racing reload
+    /// comes wholly before (this names its generation) or wholly after (announced).
     pub(crate) fn notify_systemd(&self) {
+        let _last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = self.control.status().generation;
+        systemd::ready(Some(&format!("generation {generation}")));
         self.notify.store(true, Ordering::Relaxed);
     }
 
