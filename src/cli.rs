@@ -1,5 +1,6 @@
 //! `clonelb status | disable | enable | reload | pin | unpin`: the operator's commands, as
-//! clients of a running balancer's admin API.
+//! clients of a running balancer's admin API (`status`, `disable` and `enable` of several
+//! balancers at once: [`many`]).
 //!
 //! `main.rs` parses the arguments into a [`Target`] and calls one function per command;
 //! each prints its normal output on stdout and returns `Ok(())` (exit 0) or a [`CliError`],
@@ -10,6 +11,7 @@
 //! config schema (`[admin] listen` is read from lb.toml with `toml` alone).
 
 mod client;
+pub mod many;
 mod render;
 
 use std::io::{IsTerminal, Write};
@@ -87,6 +89,10 @@ pub enum CliError {
     /// A local problem (runtime, token not fit for a header).
     #[error("clonelb: {0}")]
     Local(String),
+    /// Several balancers (`--admin` more than once): this many of them failed, each with
+    /// its own line already printed (see [`many`]).
+    #[error("clonelb: {failed} of {total} balancers failed")]
+    Several { failed: usize, total: usize },
 }
 
 fn lines(v: &[String]) -> String {
@@ -107,25 +113,48 @@ impl CliError {
 /// a terminal and `NO_COLOR` is unset or empty).
 pub fn status(target: &Target) -> Result<(), CliError> {
     let admin = connect(target)?;
+    print(&status_text(&admin)?);
+    Ok(())
+}
+
+/// What `clonelb status` prints for one balancer.
+fn status_text(admin: &Admin) -> Result<String, CliError> {
     let answer = admin.call(Method::GET, "/status", REQUEST_TIMEOUT)?;
-    let status: Status = expect_ok(&admin, answer, None)?;
+    let status: Status = expect_ok(admin, answer, None)?;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let color = std::io::stdout().is_terminal() && !no_color;
-    print(&render::status(&status, SystemTime::now(), color));
-    Ok(())
+    Ok(render::status(&status, SystemTime::now(), color))
 }
 
 /// `clonelb disable NAME [--wait [--timeout T]]`: disable, print the clone's line; with
 /// `wait`, then wait until it has nothing in flight, at most that long.
 pub fn disable(target: &Target, name: &str, wait: Option<Duration>) -> Result<(), CliError> {
     let admin = connect(target)?;
+    let mut out = |line: &str| print(&format!("{line}\n"));
+    disable_one(&admin, name, &mut out)?;
+    match wait {
+        Some(timeout) => wait_drained(&admin, name, timeout, &mut out),
+        None => Ok(()),
+    }
+}
+
+/// Disable `name` on one balancer; its new state is one line for `out`.
+fn disable_one(admin: &Admin, name: &str, out: &mut dyn FnMut(&str)) -> Result<(), CliError> {
     let path = format!("/backends/{}/disable", encode(name));
     let answer = admin.call(Method::POST, &path, REQUEST_TIMEOUT)?;
-    let backend: Backend = expect_ok(&admin, answer, Some(name))?;
-    print(&format!("{}\n", render::backend_line(&backend)));
-    let Some(timeout) = wait else {
-        return Ok(());
-    };
+    let backend: Backend = expect_ok(admin, answer, Some(name))?;
+    out(&render::backend_line(&backend));
+    Ok(())
+}
+
+/// Wait until `name` has nothing in flight on one balancer, at most `timeout`; then one
+/// line for `out`.
+fn wait_drained(
+    admin: &Admin,
+    name: &str,
+    timeout: Duration,
+    out: &mut dyn FnMut(&str),
+) -> Result<(), CliError> {
     let shown = duration_param(timeout);
     let path = format!("/backends/{}/wait-drained?timeout={shown}", encode(name));
     let answer = admin.call(Method::GET, &path, timeout + REQUEST_TIMEOUT)?;
@@ -141,20 +170,25 @@ pub fn disable(target: &Target, name: &str, wait: Option<Duration>) -> Result<()
         StatusCode::CONFLICT => Err(CliError::Enabled(name.to_string())),
         // Only the status matters: the body of a 200 is not read.
         StatusCode::OK => {
-            print(&format!("{name}: drained, 0 in flight\n"));
+            out(&format!("{name}: drained, 0 in flight"));
             Ok(())
         }
-        _ => expect_ok::<serde_json::Value>(&admin, answer, Some(name)).map(drop),
+        _ => expect_ok::<serde_json::Value>(admin, answer, Some(name)).map(drop),
     }
 }
 
 /// `clonelb enable NAME`: enable, print the clone's line.
 pub fn enable(target: &Target, name: &str) -> Result<(), CliError> {
     let admin = connect(target)?;
+    enable_one(&admin, name, &mut |line| print(&format!("{line}\n")))
+}
+
+/// Enable `name` on one balancer; its new state is one line for `out`.
+fn enable_one(admin: &Admin, name: &str, out: &mut dyn FnMut(&str)) -> Result<(), CliError> {
     let path = format!("/backends/{}/enable", encode(name));
     let answer = admin.call(Method::POST, &path, REQUEST_TIMEOUT)?;
-    let backend: Backend = expect_ok(&admin, answer, Some(name))?;
-    print(&format!("{}\n", render::backend_line(&backend)));
+    let backend: Backend = expect_ok(admin, answer, Some(name))?;
+    out(&render::backend_line(&backend));
     Ok(())
 }
 

@@ -185,6 +185,6 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
     println!("    for i in 1 2 3 4 5 6; do curl -s {url}; done");
     println!();
     println!("Press Ctrl-C to stop.");
-    crate::serve_until_stopped(balancer);
+    crate::serve_until_stopped(balancer, false);
     Ok(())
 }

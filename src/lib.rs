@@ -29,6 +29,7 @@
 //! * [`reload`] — the config file: load, watch, reload (then `control` publishes);
 //! * [`tls`] — PEM files to a rustls configuration for the HTTPS listener;
 //! * [`demo`] — the embedded clones of `clonelb demo`;
+//! * [`notify`] — the systemd notify protocol of `clonelb run` (a leaf);
 //! * [`cli`] — `clonelb status`, `disable`, `enable`, `reload`: clients of the admin API;
 //! * [`error`] — the request path's and start-up's error enums.
 //!
@@ -72,6 +73,7 @@ pub mod error_pages;
 pub mod forward;
 pub mod health;
 pub mod idle;
+pub mod notify;
 pub mod proxy;
 pub mod record;
 pub mod reload;
@@ -411,6 +413,10 @@ impl Drop for Balancer {
 /// `clonelb run`: load the config, serve until SIGINT/SIGTERM (reloading on change and on
 /// SIGHUP), then stop gracefully. A second SIGINT/SIGTERM exits at once. `options` gives
 /// `reuse_port` (`--reuse-port`); the signal handlers are always installed.
+///
+/// Under systemd (`NOTIFY_SOCKET` set, `Type=notify`) it sends `READY=1` once the
+/// listeners (and the admin listener) are bound, `RELOADING=1` and `READY=1` around every
+/// reload from then on, and `STOPPING=1` when a stop signal starts the shutdown.
 pub fn run(config_path: &Path, options: Options) -> Result<(), StartError> {
     let options = Options {
         signals: true,
@@ -427,7 +433,13 @@ pub fn run(config_path: &Path, options: Options) -> Result<(), StartError> {
         generation = status.generation,
         "clonelb serving"
     );
-    serve_until_stopped(balancer);
+    // `start` returned: every listener is bound. Reload notifications start only now, so
+    // a reload racing the start cannot tell systemd "ready" early.
+    match &balancer.reloader {
+        Some(r) => r.notify_systemd(),
+        None => crate::notify::ready(Some(&format!("generation {}", status.generation))),
+    }
+    serve_until_stopped(balancer, true);
     Ok(())
 }
 
@@ -440,9 +452,13 @@ pub(crate) fn start_with_signals(config: &Config) -> Result<Balancer, StartError
     Balancer::start_with_options(config, options)
 }
 
-/// Wait for SIGTERM/SIGINT, then stop gracefully.
-pub(crate) fn serve_until_stopped(balancer: Balancer) {
+/// Wait for SIGTERM/SIGINT, then stop gracefully; `systemd`: say `STOPPING=1` first
+/// (`clonelb run` only).
+pub(crate) fn serve_until_stopped(balancer: Balancer, systemd: bool) {
     balancer.wait_for_stop_signal();
+    if systemd {
+        crate::notify::stopping();
+    }
     tracing::info!("stopping: listeners closed, finishing requests in flight");
     balancer.shutdown();
     tracing::info!("stopped");

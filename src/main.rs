@@ -87,7 +87,7 @@ enum Command {
     /// Show the running configuration and every clone's state (via the admin API).
     Status {
         #[command(flatten)]
-        admin: AdminArgs,
+        admin: AdminsArgs,
     },
     /// Take a clone out of rotation; with --wait, until nothing is in flight on it.
     Disable {
@@ -100,14 +100,14 @@ enum Command {
         #[arg(long, requires = "wait", default_value = "60s", value_parser = clonelb::config::parse_duration)]
         timeout: Duration,
         #[command(flatten)]
-        admin: AdminArgs,
+        admin: AdminsArgs,
     },
     /// Put a disabled clone back into rotation.
     Enable {
         /// The clone's name.
         name: String,
         #[command(flatten)]
-        admin: AdminArgs,
+        admin: AdminsArgs,
     },
     /// Pin the active version (atomic deploy mode): no cutover until `unpin`.
     #[command(
@@ -157,6 +157,38 @@ impl AdminArgs {
     }
 }
 
+/// How `status`, `disable` and `enable` reach one balancer or several.
+#[derive(clap::Args)]
+struct AdminsArgs {
+    /// Admin API address [default: "listen" of the --config file's admin section]. Give it
+    /// once per balancer to act on several: each is called on its own, its output lines
+    /// (status: its section) name it, and the exit status is 0 only when all succeed.
+    #[arg(long, value_name = "ADDR", action = clap::ArgAction::Append)]
+    admin: Vec<String>,
+    /// The config file whose admin section gives the address [default: lb.toml].
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Bearer token of the admin API(s) [default: $CLONELB_ADMIN_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+impl AdminsArgs {
+    /// One target per `--admin`, the same token for each; without `--admin`, the one of
+    /// the config file.
+    fn targets(self) -> Vec<clonelb::cli::Target> {
+        let target = |admin| clonelb::cli::Target {
+            admin,
+            config: self.config.clone(),
+            token: self.token.clone(),
+        };
+        if self.admin.is_empty() {
+            return vec![target(None)];
+        }
+        self.admin.iter().cloned().map(Some).map(target).collect()
+    }
+}
+
 fn main() -> ExitCode {
     // Usage errors exit 2 (clap's convention).
     let cli = Cli::parse();
@@ -195,18 +227,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::Status { admin } => exit(clonelb::cli::status(&admin.target())),
+        Command::Status { admin } => exit(clonelb::cli::many::status(&admin.targets())),
         Command::Disable {
             name,
             wait,
             timeout,
             admin,
-        } => exit(clonelb::cli::disable(
-            &admin.target(),
+        } => exit(clonelb::cli::many::disable(
+            &admin.targets(),
             &name,
             wait.then_some(timeout),
         )),
-        Command::Enable { name, admin } => exit(clonelb::cli::enable(&admin.target(), &name)),
+        Command::Enable { name, admin } => {
+            exit(clonelb::cli::many::enable(&admin.targets(), &name))
+        }
         Command::Pin { version, admin } => exit(clonelb::cli::pin(&admin.target(), &version)),
         Command::Unpin { admin } => exit(clonelb::cli::unpin(&admin.target())),
         Command::Reload { admin } => exit(clonelb::cli::reload(&admin.target())),

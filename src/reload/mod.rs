@@ -8,12 +8,16 @@
 //! and `clonelb check` use it.
 //!
 //! Triggers: the file watcher (`watch/`: settled files, symlink chains; off with `[reload] watch = false`) and SIGHUP
-//! (set up by `clonelb run`), which always reloads.
+//! (set up by `clonelb run`), which always reloads, and the admin API's `POST /reload`: all
+//! of them call [`Reloader::reload`]. Under `clonelb run` (from its first `READY=1`,
+//! [`Reloader::notify_systemd`]) each attempt is announced: `RELOADING=1` before,
+//! `READY=1` with the outcome as `STATUS=` after (see [`crate::notify`]).
 //!
 //! Owns: the config file, its last text, the watcher. Must not touch: the table or any
 //! clone (only `publish` does).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::ServerConfig;
@@ -21,6 +25,7 @@ use rustls::ServerConfig;
 use crate::config::{self, Checked, LoadError};
 use crate::control::{ControlState, Inputs};
 use crate::error_pages::{self, ErrorPages};
+use crate::notify as systemd;
 use crate::tls;
 
 pub use crate::control::Summary;
@@ -106,12 +111,26 @@ fn check(path: &Path, text: String) -> Result<Loaded, LoadError> {
     })
 }
 
+/// What `systemctl status` shows after a reload attempt.
+fn status_line(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Reloaded(summary) => format!("generation {}", summary.generation),
+        Outcome::Failed(lines) => format!(
+            "reload failed: {}",
+            lines.first().map_or("", String::as_str)
+        ),
+        Outcome::Unchanged => "unchanged".to_string(),
+    }
+}
+
 /// A config file and the balancer it configures.
 pub struct Reloader {
     path: PathBuf,
     control: Arc<ControlState>,
     last: Mutex<Last>,
     watcher: Mutex<Option<watch::FileWatcher>>,
+    /// Announce each reload attempt to systemd (only `clonelb run` sets it).
+    notify: AtomicBool,
 }
 
 /// The text of the last read, and whether it was applied.
@@ -131,6 +150,7 @@ impl Reloader {
                 ok: true,
             }),
             watcher: Mutex::new(None),
+            notify: AtomicBool::new(false),
         })
     }
 
@@ -138,33 +158,61 @@ impl Reloader {
         &self.path
     }
 
+    /// Tell systemd the balancer is ready (`READY=1`, `STATUS=generation N`), and announce
+    /// every reload attempt from now on (`clonelb run`, once its listeners are bound: a
+    /// reload during the start says nothing). Under the reload lock, so a racing reload
+    /// comes wholly before (this names its generation) or wholly after (announced).
+    pub(crate) fn notify_systemd(&self) {
+        let _last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = self.control.status().generation;
+        systemd::ready(Some(&format!("generation {generation}")));
+        self.notify.store(true, Ordering::Relaxed);
+    }
+
     /// Reload the config file (see the module docs). Logs its outcome once.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         // One reload at a time: the watcher, SIGHUP and explicit calls may race.
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let loaded = read(&self.path).and_then(|text| {
-            if trigger == Trigger::File && last.ok && last.text.as_deref() == Some(&text) {
-                return Ok(None);
+        let text = read(&self.path);
+        if let Ok(text) = &text {
+            if trigger == Trigger::File && last.ok && last.text.as_deref() == Some(text) {
+                // Not an attempt: nothing to announce.
+                return Outcome::Unchanged;
             }
-            check(&self.path, text).map(Some)
-        });
-        let loaded = match loaded {
-            Ok(Some(l)) => l,
-            Ok(None) => return Outcome::Unchanged,
+        }
+        let notify = self.notify.load(Ordering::Relaxed);
+        if notify {
+            systemd::reloading();
+        }
+        let outcome = self.apply(&mut last, text);
+        if notify {
+            // Still under the lock: the next attempt's RELOADING=1 comes after this.
+            systemd::ready(Some(&status_line(&outcome)));
+        }
+        drop(last);
+        if let Outcome::Reloaded(_) = outcome {
+            self.update_watches();
+        }
+        outcome
+    }
+
+    /// Check `text` (or its read error) and publish it, or reject it.
+    fn apply(&self, last: &mut Last, text: Result<String, LoadError>) -> Outcome {
+        match text.and_then(|text| check(&self.path, text)) {
+            Ok(loaded) => {
+                loaded.log_warnings(&self.path);
+                let summary = self.control.publish(loaded.inputs());
+                last.text = Some(loaded.text);
+                last.ok = true;
+                Outcome::Reloaded(summary)
+            }
             Err(e) => {
                 last.ok = false;
                 let lines = e.lines();
                 self.control.reject(lines.clone());
-                return Outcome::Failed(lines);
+                Outcome::Failed(lines)
             }
-        };
-        loaded.log_warnings(&self.path);
-        let summary = self.control.publish(loaded.inputs());
-        last.text = Some(loaded.text);
-        last.ok = true;
-        drop(last);
-        self.update_watches();
-        Outcome::Reloaded(summary)
+        }
     }
 }
 

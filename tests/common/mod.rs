@@ -723,6 +723,17 @@ impl BinLb {
     /// As [`BinLb::start`], running `clonelb BEFORE.. run AFTER.. --config PATH`. The
     /// address is found in text (`listen=ADDR`) and JSON (`"listen":"ADDR"`) logs.
     pub fn start_with(toml: &str, before: &[&str], after: &[&str]) -> BinLb {
+        Self::start_env(toml, before, after, &[])
+    }
+
+    /// As [`BinLb::start_with`], with these environment variables set. `NOTIFY_SOCKET` is
+    /// removed unless given here (a test run under systemd must not notify it).
+    pub fn start_env(
+        toml: &str,
+        before: &[&str],
+        after: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> BinLb {
         let dir = fresh_dir("test");
         let config = dir.join("lb.toml");
         std::fs::write(&config, toml).unwrap();
@@ -733,6 +744,8 @@ impl BinLb {
             .arg("--config")
             .arg(&config)
             .env("CLONELB_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
