@@ -8,7 +8,8 @@
 //! command builds its own `current_thread` runtime and opens one connection per request.
 //!
 //! Must not touch: the balancer's state (everything goes through the admin API), the
-//! config schema (`[admin] listen` is read from lb.toml with `toml` alone).
+//! config schema (`[admin] listen`, `token` and `token_file` are read from lb.toml with
+//! `toml` alone; the token file by `token_file::read`, the balancer's own rules).
 
 mod client;
 pub mod many;
@@ -34,7 +35,8 @@ pub struct Target {
     pub admin: Option<String>,
     /// `--config PATH`; `None` means `./lb.toml`. Only read when `admin` is `None`.
     pub config: Option<PathBuf>,
-    /// `--token TOKEN`; when `None`, [`TOKEN_ENV`] (an empty value counts as unset).
+    /// `--token TOKEN`; when `None`, [`TOKEN_ENV`] (an empty value counts as unset); when
+    /// neither and `config` is read for the address, its `[admin] token` or `token_file`.
     pub token: Option<String>,
 }
 

@@ -143,6 +143,7 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
         admin: Some(AdminConfig {
             listen: Some(admin),
             token: None,
+            token_file: None,
         }),
         log: Default::default(),
         deploy: Default::default(),
@@ -161,6 +162,7 @@ pub fn run(listen: Option<SocketAddr>) -> Result<(), StartError> {
                 config.admin = Some(AdminConfig {
                     listen: Some(loopback(0)),
                     token: None,
+                    token_file: None,
                 });
             }
             Err(StartError::Bind { address, .. })

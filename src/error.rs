@@ -245,6 +245,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("[error_pages]: {}", .0.join("; "))]
     ErrorPages(Vec<String>),
+    #[error("[admin] token_file: {0}")]
+    TokenFile(String),
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
 }

@@ -28,6 +28,7 @@
 //!   health-checker sync, [`control::Status`], the control runtime and signals;
 //! * [`reload`] — the config file: load, watch, reload (then `control` publishes);
 //! * [`tls`] — PEM files to a rustls configuration for the HTTPS listener;
+//! * [`token_file`] — `[admin] token_file`: the admin token read from a file;
 //! * [`demo`] — the embedded clones of `clonelb demo`;
 //! * [`notify`] — the systemd notify protocol of `clonelb run` (a leaf);
 //! * [`cli`] — `clonelb status`, `disable`, `enable`, `reload`: clients of the admin API;
@@ -84,6 +85,7 @@ pub mod strategy;
 pub mod table;
 pub mod tap;
 pub mod tls;
+pub mod token_file;
 pub mod upstream_body;
 pub mod upstream_conn;
 
@@ -195,8 +197,10 @@ impl Balancer {
             error_pages::ErrorPages::load(&config.error_pages).map_err(|problems| {
                 StartError::ErrorPages(problems.into_iter().map(|(_, why)| why).collect())
             })?;
+        let mut config = config.clone();
+        token_file::fill(&mut config).map_err(StartError::TokenFile)?;
         let inputs = Inputs {
-            config: config.clone(),
+            config,
             tls,
             error_pages: Arc::new(error_pages),
         };

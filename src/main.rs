@@ -139,10 +139,12 @@ struct AdminArgs {
     /// Admin API address [default: "listen" of the --config file's admin section].
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
-    /// The config file whose admin section gives the address [default: lb.toml].
+    /// The config file whose admin section gives the address, and the token ("token" or
+    /// "token_file") when none is given otherwise [default: lb.toml].
     #[arg(long, short, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Bearer token of the admin API [default: $CLONELB_ADMIN_TOKEN].
+    /// Bearer token of the admin API [default: $CLONELB_ADMIN_TOKEN, else the config
+    /// file's when it gives the address].
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
 }

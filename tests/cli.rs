@@ -404,7 +404,7 @@ fn a_rejected_reload_exits_1_with_the_error_lines() {
 }
 
 #[test]
-fn admin_address_defaults_to_admin_listen_of_the_config_file() {
+fn admin_address_and_token_default_to_the_config_files_admin_section() {
     let fake = FakeAdmin::start(|_, _| {
         (
             200,
@@ -413,7 +413,7 @@ fn admin_address_defaults_to_admin_listen_of_the_config_file() {
     });
     let dir = Scratch::new("config");
     let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:8080\"\n\n[admin]\nlisten = \"{}\"\ntoken = \"ignored\"\n",
+        "[listen]\nhttp = \"127.0.0.1:8080\"\n\n[admin]\nlisten = \"{}\"\ntoken = \"from-config\"\n",
         fake.addr
     );
     let other = dir.write("other.toml", &text);
@@ -427,7 +427,17 @@ fn admin_address_defaults_to_admin_listen_of_the_config_file() {
     dir.write("lb.toml", &text);
     let (code, _, err) = run(clonelb(&["reload"]).current_dir(&dir.0));
     assert_eq!((code, err.as_str()), (0, ""));
-    assert_eq!(fake.seen().len(), 2);
+    // The file's token is sent, unless one is given.
+    let (code, _, err) = run(clonelb(&["reload", "--token", "flag"]).current_dir(&dir.0));
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        fake.seen(),
+        [
+            seen("POST", "/reload", Some("from-config")),
+            seen("POST", "/reload", Some("from-config")),
+            seen("POST", "/reload", Some("flag")),
+        ]
+    );
     // No [admin] listen: a usage error.
     let bare = dir.write("bare.toml", "[listen]\nhttp = \"127.0.0.1:8080\"\n");
     let (code, _, err) = run(&mut clonelb(&["status", "-c", bare.to_str().unwrap()]));

@@ -144,11 +144,17 @@ fn only(method: &Method, allowed: &Method) -> Option<Answer> {
 }
 
 /// 401 unless the request carries the running configuration's token (when one is set).
-/// `Some(whether a token is set)` when the request may go on, `None` for a 401.
+/// `Some(whether a token is set)` when the request may go on, `None` for a 401. A
+/// `token_file` whose token was never read (a `Config` not loaded through `reload::load`
+/// or `Balancer::start`) locks everything rather than opening it.
 fn authorize(headers: &HeaderMap, admin: &Admin) -> Option<bool> {
     let table = admin.control.table().load();
-    let Some(token) = table.config().admin.as_ref().and_then(|a| a.token.as_ref()) else {
-        return Some(false);
+    let config = table.config().admin.as_ref();
+    let Some(token) = config.and_then(|a| a.token.as_ref()) else {
+        return match config.and_then(|a| a.token_file.as_ref()) {
+            Some(_) => None,
+            None => Some(false),
+        };
     };
     let given = headers
         .get(AUTHORIZATION)

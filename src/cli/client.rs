@@ -1,9 +1,11 @@
 //! The admin API client: where the admin listener is (`--admin`, else `[admin] listen` of
-//! lb.toml), and one HTTP/1.1 request per connection with hyper's `client::conn`, on a
-//! `current_thread` runtime owned by the command.
+//! lb.toml) and its token (`--token`, else `$CLONELB_ADMIN_TOKEN`, else, when lb.toml was
+//! read for the address, its `[admin] token` or `token_file`), and one HTTP/1.1 request
+//! per connection with hyper's `client::conn`, on a `current_thread` runtime owned by the
+//! command.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,9 +48,9 @@ impl Admin {
         config: Option<&Path>,
         token: Option<&str>,
     ) -> Result<Admin, CliError> {
-        let addr = match admin {
-            Some(a) => a.to_string(),
-            None => listen_from_config(config.unwrap_or(Path::new("lb.toml")))?,
+        let (addr, config_token) = match admin {
+            Some(a) => (a.to_string(), ConfigToken::None),
+            None => admin_from_config(config.unwrap_or(Path::new("lb.toml")))?,
         };
         let connect_to = match addr.parse::<SocketAddr>() {
             Ok(mut a) if a.ip().is_unspecified() => {
@@ -65,6 +67,11 @@ impl Admin {
             .map(str::to_string)
             .or(env_token)
             .filter(|t| !t.is_empty());
+        // lb.toml's token only when none was given: a given one needs no readable file.
+        let token = match token {
+            Some(t) => Some(t),
+            None => config_token.read()?,
+        };
         let has_token = token.is_some();
         let token = token
             .map(|t| {
@@ -180,10 +187,41 @@ fn describe(e: &std::io::Error) -> String {
     }
 }
 
-/// `[admin] listen` of the config file, read with `toml` alone (not the schema: the
-/// command line must work against any balancer's file, and only needs this one key).
-fn listen_from_config(path: &Path) -> Result<String, CliError> {
-    let shown = path.display();
+/// The token lb.toml's `[admin]` names, if any.
+#[derive(Debug, PartialEq, Eq)]
+enum ConfigToken {
+    None,
+    /// `token`.
+    Inline(String),
+    /// `token_file` (relative paths joined to lb.toml's folder), and lb.toml for messages.
+    File {
+        file: PathBuf,
+        config: String,
+    },
+}
+
+impl ConfigToken {
+    /// The token, reading the file by the balancer's own rules (`token_file::read`).
+    fn read(self) -> Result<Option<String>, CliError> {
+        match self {
+            ConfigToken::None => Ok(None),
+            ConfigToken::Inline(t) => Ok(Some(t)),
+            ConfigToken::File { file, config } => {
+                crate::token_file::read(&file).map(Some).map_err(|why| {
+                    CliError::Local(format!(
+                        "cannot read the admin token ([admin] token_file of {config}): {why}"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+/// `[admin] listen` of the config file, and the token its `token` or `token_file` gives,
+/// read with `toml` alone (not the schema: the command line must work against any
+/// balancer's file, and only needs these keys). The file itself is not read here.
+fn admin_from_config(path: &Path) -> Result<(String, ConfigToken), CliError> {
+    let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         CliError::NoAdmin(format!(
             "no --admin given and cannot read {shown}: {}",
@@ -196,15 +234,43 @@ fn listen_from_config(path: &Path) -> Result<String, CliError> {
             e.message()
         ))
     })?;
-    match doc.get("admin").and_then(|a| a.get("listen")) {
-        Some(toml::Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(CliError::NoAdmin(format!(
-            "no --admin given and [admin] listen in {shown} is not a string"
-        ))),
-        None => Err(CliError::NoAdmin(format!(
-            "no --admin given and {shown} has no [admin] listen"
-        ))),
-    }
+    let admin = doc.get("admin");
+    let listen = match admin.and_then(|a| a.get("listen")) {
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(CliError::NoAdmin(format!(
+                "no --admin given and [admin] listen in {shown} is not a string"
+            )))
+        }
+        None => {
+            return Err(CliError::NoAdmin(format!(
+                "no --admin given and {shown} has no [admin] listen"
+            )))
+        }
+    };
+    let not_a_string =
+        |key: &str| CliError::Local(format!("[admin] {key} in {shown} is not a string"));
+    let token = match (
+        admin.and_then(|a| a.get("token")),
+        admin.and_then(|a| a.get("token_file")),
+    ) {
+        (Some(toml::Value::String(t)), _) => ConfigToken::Inline(t.clone()),
+        (Some(_), _) => return Err(not_a_string("token")),
+        (None, Some(toml::Value::String(f))) => {
+            let file = PathBuf::from(f);
+            let file = match path.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file,
+            };
+            ConfigToken::File {
+                file,
+                config: shown,
+            }
+        }
+        (None, Some(_)) => return Err(not_a_string("token_file")),
+        (None, None) => ConfigToken::None,
+    };
+    Ok((listen, token))
 }
 
 fn describe_read(e: &std::io::Error) -> String {
@@ -227,19 +293,23 @@ mod tests {
 
     #[test]
     fn listen_is_read_from_the_admin_section_only() {
+        let listen = |p: &Path| admin_from_config(p).map(|(l, _)| l);
         let ok = write(
             "ok.toml",
             "[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n",
         );
-        assert_eq!(listen_from_config(&ok).unwrap(), "127.0.0.1:9090");
+        assert_eq!(
+            admin_from_config(&ok).unwrap(),
+            ("127.0.0.1:9090".to_string(), ConfigToken::None)
+        );
         let none = write("none.toml", "[listen]\nhttp = \"127.0.0.1:1\"\n");
-        let msg = listen_from_config(&none).unwrap_err().to_string();
+        let msg = listen(&none).unwrap_err().to_string();
         assert!(msg.ends_with("has no [admin] listen"), "{msg}");
         let bad = write("bad.toml", "[admin\n");
-        let msg = listen_from_config(&bad).unwrap_err().to_string();
+        let msg = listen(&bad).unwrap_err().to_string();
         assert!(msg.contains("is not valid TOML"), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
-        let msg = listen_from_config(Path::new("/nonexistent/lb.toml"))
+        let msg = listen(Path::new("/nonexistent/lb.toml"))
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -249,6 +319,43 @@ mod tests {
         for p in [ok, none, bad] {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    #[test]
+    fn the_token_comes_from_token_or_token_file_beside_the_config() {
+        let admin = "[admin]\nlisten = \"127.0.0.1:9090\"\n";
+        let inline = write("inline.toml", &format!("{admin}token = \"tk\"\n"));
+        let (_, token) = admin_from_config(&inline).unwrap();
+        assert_eq!(token, ConfigToken::Inline("tk".into()));
+        assert_eq!(token.read().unwrap().as_deref(), Some("tk"));
+        // Relative to the config's folder, and read by the balancer's rules (trimmed).
+        let dir = std::env::temp_dir().join(format!("clonelb-cli-tf-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secret")).unwrap();
+        std::fs::write(dir.join("secret/token"), "from-file\n").unwrap();
+        let config = dir.join("lb.toml");
+        std::fs::write(&config, format!("{admin}token_file = \"secret/token\"\n")).unwrap();
+        let (_, token) = admin_from_config(&config).unwrap();
+        assert_eq!(token.read().unwrap().as_deref(), Some("from-file"));
+        std::fs::remove_file(dir.join("secret/token")).unwrap();
+        let (_, token) = admin_from_config(&config).unwrap();
+        let msg = token.read().unwrap_err().to_string();
+        let want = format!(
+            "clonelb: cannot read the admin token ([admin] token_file of {}): {}: cannot read: ",
+            config.display(),
+            dir.join("secret/token").display()
+        );
+        assert!(msg.starts_with(&want), "{msg}");
+        let number = write("number.toml", &format!("{admin}token = 7\n"));
+        let msg = admin_from_config(&number).unwrap_err().to_string();
+        let want = format!(
+            "clonelb: [admin] token in {} is not a string",
+            number.display()
+        );
+        assert_eq!(msg, want);
+        for p in [inline, number] {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

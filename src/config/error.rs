@@ -83,8 +83,12 @@ pub enum ConfigError {
     EmptyPath { key: &'static str },
     #[error("`{key}` must not be empty")]
     EmptySecret { key: &'static str },
-    #[error("admin listener {address} is not on loopback: set `token` in [admin] (anyone who can reach it could steer the balancer)")]
+    #[error("admin listener {address} is not on loopback: set `token` or `token_file` in [admin] (anyone who can reach it could steer the balancer)")]
     AdminWithoutToken { address: SocketAddr },
+    #[error("`token` and `token_file` are both set in [admin]: keep one")]
+    TokenAndTokenFile,
+    #[error("admin token file {0}")]
+    TokenFile(String),
     #[error("{0}")]
     Tls(String),
     #[error("`name` must not be empty")]

@@ -65,6 +65,8 @@ pub struct Checked {
     pub tls_key_at: (usize, usize),
     /// Where each `[error_pages]` file is named (line, column), for the same reason.
     pub error_pages_at: BTreeMap<u16, (usize, usize)>,
+    /// Where `[admin] token_file` is named (line, column), for the same reason.
+    pub token_file_at: (usize, usize),
 }
 
 /// Read and validate the file at `path`.
@@ -124,6 +126,7 @@ pub fn parse(path: &str, src: &str) -> Result<Checked, LoadError> {
                 .iter()
                 .map(|(status, span)| (*status, line_col(src, span.start)))
                 .collect(),
+            token_file_at: line_col(src, w.token_file_span.start),
         }),
         _ => Err(LoadError {
             path: path.to_string(),
@@ -454,7 +457,7 @@ address = "localhost:9002"
         .is_ok());
         assert_eq!(
             errors("[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"10.0.0.1:9090\"\n"),
-            vec!["lb.toml:4:10: admin listener 10.0.0.1:9090 is not on loopback: set `token` in [admin] (anyone who can reach it could steer the balancer)"]
+            vec!["lb.toml:4:10: admin listener 10.0.0.1:9090 is not on loopback: set `token` or `token_file` in [admin] (anyone who can reach it could steer the balancer)"]
         );
         assert_eq!(
             errors("[listen]\nhttp = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"\"\n"),

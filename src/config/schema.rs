@@ -181,8 +181,13 @@ section! {
         /// Where the admin API listens. Required in `[admin]`; needs a restart to change.
         listen: Option<SocketAddr> = None => listener,
         /// When set, every admin request but `GET /`, `/live` and `/ready` needs
-        /// `Authorization: Bearer <token>`. Required when `listen` is not on loopback.
+        /// `Authorization: Bearer <token>`. `listen` off loopback needs this or
+        /// `token_file`. With `token_file`, `reload::load` sets it from the file.
         token: Option<Secret> = None => secret,
+        /// A file holding the token (e.g. a Kubernetes Secret's key; relative paths are
+        /// from lb.toml's directory), read by `reload::load` at every load (`token_file`
+        /// module) and watched. Not together with `token`.
+        token_file: Option<PathBuf> = None => file,
     }
 }
 

@@ -198,9 +198,18 @@ impl Walker<'_> {
         listen
     }
 
-    /// `[admin]`: `listen` is required; off loopback a `token` is too.
+    /// `[admin]`: `listen` is required; off loopback a `token` or a `token_file` is too;
+    /// not both.
     fn admin(&mut self, t: &DeTable<'_>, span: Range<usize>) -> AdminConfig {
         let admin: AdminConfig = self.read(t);
+        let has_token = find(t, "token").is_some();
+        if let Some((k, v)) = find(t, "token_file") {
+            self.token_file_span = v.span();
+            if has_token {
+                self.report(k.span(), ConfigError::TokenAndTokenFile);
+            }
+        }
+        let has_token = has_token || find(t, "token_file").is_some();
         match (find(t, "listen"), admin.listen) {
             (None, _) => self.report(
                 span,
@@ -209,9 +218,7 @@ impl Walker<'_> {
                     key: "listen",
                 },
             ),
-            (Some((_, v)), Some(address))
-                if !address.ip().is_loopback() && find(t, "token").is_none() =>
-            {
+            (Some((_, v)), Some(address)) if !address.ip().is_loopback() && !has_token => {
                 self.report(v.span(), ConfigError::AdminWithoutToken { address })
             }
             _ => {}

@@ -26,6 +26,8 @@ pub(super) struct Walker<'s> {
     pub(super) tls_spans: (Range<usize>, Range<usize>),
     /// Each `[error_pages]` status and the span of its value.
     pub(super) page_spans: Vec<(u16, Range<usize>)>,
+    /// The span of `[admin] token_file`'s value.
+    pub(super) token_file_span: Range<usize>,
     /// The last offset asked of [`Walker::line_of`] and its line.
     pub(super) line_cursor: (usize, usize),
 }
@@ -38,6 +40,7 @@ impl<'s> Walker<'s> {
             diags: Vec::new(),
             tls_spans: (0..0, 0..0),
             page_spans: Vec::new(),
+            token_file_span: 0..0,
             line_cursor: (0, 1),
         }
     }

@@ -1,5 +1,5 @@
 //! The file side of the control plane: watch lb.toml → read → parse → validate → load
-//! TLS → [`ControlState::publish`]. If any step fails, the running configuration keeps
+//! TLS, error pages and the admin token file → [`ControlState::publish`]. If any step fails, the running configuration keeps
 //! serving untouched and the error lines (the same `PATH:LINE:COL: message` lines
 //! `clonelb check` prints) go to [`ControlState::reject`], which logs them and keeps them
 //! as the last error until the next success.
@@ -26,7 +26,7 @@ use crate::config::{self, Checked, LoadError};
 use crate::control::{ControlState, Inputs};
 use crate::error_pages::{self, ErrorPages};
 use crate::notify as systemd;
-use crate::tls;
+use crate::{tls, token_file};
 
 pub use crate::control::Summary;
 
@@ -81,7 +81,8 @@ impl Loaded {
     }
 }
 
-/// Read `path`, validate it, and load the certificate, key and error pages it names.
+/// Read `path`, validate it, and load the certificate, key, error pages and admin token
+/// file it names.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     check(path, read(path)?)
 }
@@ -97,12 +98,14 @@ fn read(path: &Path) -> Result<String, LoadError> {
     })
 }
 
-/// Validate `text` (read from `path`) and load the TLS files and error pages it names.
+/// Validate `text` (read from `path`) and load the TLS files, error pages and admin token
+/// file it names (the token becomes `[admin] token` of the loaded configuration).
 fn check(path: &Path, text: String) -> Result<Loaded, LoadError> {
     let label = path.display().to_string();
-    let checked = config::parse(&label, &text)?;
+    let mut checked = config::parse(&label, &text)?;
     let tls = tls::from_checked(&label, &checked)?;
     let error_pages = Arc::new(error_pages::from_checked(&label, &checked)?);
+    token_file::from_checked(&label, &mut checked)?;
     Ok(Loaded {
         text,
         checked,
@@ -217,7 +220,8 @@ impl Reloader {
 }
 
 impl Reloader {
-    /// Reload whenever lb.toml (or a TLS file it names) changes (see the `watch` module).
+    /// Reload whenever lb.toml (or a TLS, error page or admin token file it names) changes
+    /// (see the `watch` module).
     pub fn watch(self: &Arc<Self>) -> notify::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(16);
         let watcher = watch::FileWatcher::new(tx)?;
@@ -239,7 +243,8 @@ impl Reloader {
         Ok(())
     }
 
-    /// Watch lb.toml and the TLS and error page files the running configuration names.
+    /// Watch lb.toml and the TLS, error page and admin token files the running
+    /// configuration names (a change to one of those reloads even when lb.toml is the same).
     fn update_watches(&self) {
         let guard = self.watcher.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(w) = guard.as_ref() else { return };
@@ -250,6 +255,14 @@ impl Reloader {
             files.push((p.clone(), true));
         }
         for p in table.config().error_pages.values() {
+            files.push((p.clone(), true));
+        }
+        let token_file = table
+            .config()
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_file.as_ref());
+        if let Some(p) = token_file {
             files.push((p.clone(), true));
         }
         w.set_files(files);
