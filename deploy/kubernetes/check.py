@@ -37,13 +37,6 @@ The checks:
     Why no clone is needed: /ready reports that the listeners are bound and lb.toml is
     loaded (src/lib.rs sets it after the workers start), not that a clone is up, so an
     unresolved name still gives 200; a static loopback clone would test nothing more.
-
-Until clonelb has DNS discovery (issue 17 part 1), its `clonelb check` refuses the [dns]
-table and a host name as a clone address. While it says exactly that and nothing else,
-checks 2 and 5 run on a copy without [dns] whose host-name clones are replaced by
-127.0.0.1:<a closed port>, and say so on their line ("pre-DNS fallback"). Once the DNS
-feature is merged those messages are gone and the file is checked as written; the
-fallback (PRE_DNS_* below) can then be deleted.
 """
 
 from __future__ import annotations
@@ -75,14 +68,6 @@ MOUNT = "/etc/clonelb/"
 UNPRIVILEGED = 65534  # nobody
 READY_DEADLINE = 20.0  # seconds for /ready to answer 200
 STOP_DEADLINE_EXTRA = 10.0  # seconds beyond shutdown_timeout for the exit after SIGTERM
-
-# What a clonelb without DNS discovery says about the ConfigMap's lb.toml.
-PRE_DNS_ERRORS = [
-    re.compile(r": unknown key `dns` in the top level$"),
-    re.compile(
-        r": invalid address \"[^\"]+\": \"[^\"]+\" is not an IP address \(host names are not resolved\)"
-    ),
-]
 
 try:
     import yaml
@@ -192,9 +177,9 @@ def check_schemas(checks: Checks, manifests: dict[str, list[dict]]) -> None:
 # --- lb.toml -------------------------------------------------------------------------
 
 
-def set_keys(text: str, table: str, keys: dict[str, str], drop_table: bool = False) -> str:
+def set_keys(text: str, table: str, keys: dict[str, str]) -> str:
     """lb.toml `text` with `keys` (name -> TOML value) set in `[table]` (appended when
-    missing, the table too), or the table removed. Line-based: enough for this file."""
+    missing, the table too). Line-based: enough for this file."""
     out: list[str] = []
     current = None
     seen_table = False
@@ -208,44 +193,26 @@ def set_keys(text: str, table: str, keys: dict[str, str], drop_table: bool = Fal
     for line in text.splitlines():
         header = re.match(r"^\s*\[\[?([A-Za-z0-9_.]+)\]\]?\s*(#.*)?$", line)
         if header:
-            if current == table and not drop_table:
+            if current == table:
                 flush()
             current = header.group(1)
             if current == table:
                 seen_table = True
-            if current == table and drop_table:
-                continue
             out.append(line)
             continue
         if current == table:
-            if drop_table:
-                continue
             m = re.match(r"^\s*([A-Za-z0-9_]+)\s*=", line)
             if m and m.group(1) in pending:
                 out.append(f"{m.group(1)} = {pending.pop(m.group(1))}")
                 continue
         out.append(line)
-    if current == table and not drop_table:
+    if current == table:
         flush()
-    if not drop_table and pending:
+    if pending:
         if not seen_table:
             out.append(f"[{table}]")
         flush()
     return "\n".join(out) + "\n"
-
-
-def replace_host_backends(text: str, address: str) -> str:
-    """Every `address = "NAME:PORT"` whose NAME is not an IP address replaced by `address`."""
-
-    def swap(m: re.Match) -> str:
-        host = m.group(2).rsplit(":", 1)[0].strip("[]")
-        try:
-            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-            return m.group(0)
-        except OSError:
-            return f'{m.group(1)}"{address}"'
-
-    return re.sub(r'^(\s*address\s*=\s*)"([^"]*)"', swap, text, flags=re.M)
 
 
 def parse_duration(value: str) -> float:
@@ -275,19 +242,6 @@ def run_check(binary: Path, config: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(binary), "check", str(config)], capture_output=True, text=True, timeout=60, env=env
     )
-
-
-def pre_dns_copy(text: str, stderr: str) -> str | None:
-    """The ConfigMap's lb.toml made acceptable to a clonelb without DNS discovery, when
-    what `check` refused is exactly that; else None."""
-    lines = [l for l in stderr.splitlines() if l.strip()]
-    if not lines or not all(any(p.search(l) for p in PRE_DNS_ERRORS) for l in lines):
-        return None
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()  # nothing listens there: a check of that clone is refused on loopback
-    return replace_host_backends(set_keys(text, "dns", {}, drop_table=True), f"127.0.0.1:{port}")
 
 
 # --- 2. wiring and clonelb check -----------------------------------------------------
@@ -450,9 +404,8 @@ def check_start(
     secret: dict,
     token_file: str,
     shutdown: float,
-    note: str,
 ) -> None:
-    name = "start unprivileged" + note
+    name = "start unprivileged"
     work = Path(tempfile.mkdtemp(prefix="clonelb-k8s-"))
     resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     child = None
@@ -603,24 +556,16 @@ def main() -> int:
     token_file = lb.get("admin", {}).get("token_file", "")
     check_wiring(checks, manifests, lb)
 
-    note = ""
     with tempfile.TemporaryDirectory(prefix="clonelb-k8s-check-") as folder:
         config = write_config(Path(folder), text, secret, token_file)
         result = run_check(binary, config)
-        if result.returncode != 0:
-            fallback = pre_dns_copy(text, result.stderr)
-            if fallback is not None:
-                note = " (pre-DNS fallback: this clonelb has no [dns]; host-name clones replaced by a closed loopback port)"
-                text = fallback
-                config = write_config(Path(folder), text, secret, token_file)
-                result = run_check(binary, config)
         summary = (result.stdout.strip() or result.stderr.strip()).replace(folder, "/etc/clonelb")
-        checks.expect("clonelb check" + note, result.returncode == 0, summary.replace("\n", " | "))
+        checks.expect("clonelb check", result.returncode == 0, summary.replace("\n", " | "))
 
     check_ports(checks, manifests, lb)
     check_grace(checks, manifests, lb)
     shutdown = parse_duration(lb.get("proxy", {}).get("shutdown_timeout", "30s"))
-    check_start(checks, binary, text, secret, token_file, shutdown, note)
+    check_start(checks, binary, text, secret, token_file, shutdown)
 
     print(f"{checks.passed} passed, {checks.failed} failed")
     return 1 if checks.failed else 0
