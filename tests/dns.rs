@@ -869,9 +869,12 @@ async fn a_long_ttl_does_not_hold_a_change_past_the_refresh() {
     })
     .await;
     dns.set_a("app.test", &ALL3[..2], 3600);
-    wait_status(admin, SETTLE, "the second clone added at the refresh", |v| {
-        states(v) == exactly(&[(clones[0].addr, "up"), (clones[1].addr, "up")])
-    })
+    wait_status(
+        admin,
+        SETTLE,
+        "the second clone added at the refresh",
+        |v| states(v) == exactly(&[(clones[0].addr, "up"), (clones[1].addr, "up")]),
+    )
     .await;
     assert!(dns.queries("app.test", RecordType::A) >= 2);
 }

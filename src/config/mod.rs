@@ -48,8 +48,8 @@ pub use self::schema::{
 };
 pub use self::values::{
     check_dns_name, page_content_type, parse_address, parse_clone_target, parse_duration,
-    parse_size, AccessFormat, Choice, CloneTarget, CutoverAt,
-    DeployMode, LogFormat, Secret, StatusRanges, ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
+    parse_size, AccessFormat, Choice, CloneTarget, CutoverAt, DeployMode, LogFormat, Secret,
+    StatusRanges, ERROR_PAGE_STATUSES, MAX_DURATION, MAX_ERROR_PAGE,
 };
 pub use crate::strategy::StrategyKind;
 use walker::Walker;

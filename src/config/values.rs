@@ -121,8 +121,9 @@ pub fn parse_clone_target(s: &str) -> Result<CloneTarget, String> {
     if host.contains(':') || host.starts_with('[') {
         return Err(ip_error);
     }
-    check_dns_name(host)
-        .map_err(|reason| format!("\"{host}\" is neither an IP address nor a host name: {reason}"))?;
+    check_dns_name(host).map_err(|reason| {
+        format!("\"{host}\" is neither an IP address nor a host name: {reason}")
+    })?;
     Ok(CloneTarget::Host {
         host: host.to_string(),
         port,

@@ -99,9 +99,7 @@ impl Walker<'_> {
                 (Some(CloneTarget::Host { host, port }), None, Some((_, v)), None) => {
                     (Source::Dns(DnsLookup::Host { host, port }), v)
                 }
-                (None, Some(name), None, Some((_, v))) => {
-                    (Source::Dns(DnsLookup::Srv { name }), v)
-                }
+                (None, Some(name), None, Some((_, v))) => (Source::Dns(DnsLookup::Srv { name }), v),
                 _ => continue,
             };
             let line = self.line_of(written.span().start);

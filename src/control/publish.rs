@@ -44,12 +44,7 @@ impl ControlState {
             error_pages,
         } = inputs;
         let running = self.table.load().config().clone();
-        keep_restart_only_settings(
-            &mut config,
-            &running,
-            inner.listeners,
-            inner.admin_listener,
-        );
+        keep_restart_only_settings(&mut config, &running, inner.listeners, inner.admin_listener);
         // A new certificate is used for new handshakes; open connections keep theirs. With
         // no https listener running there is nothing to give it to.
         if running.listen.https.is_some() {

@@ -80,10 +80,7 @@ pub enum Answer {
         ttl: Option<Duration>,
     },
     /// No usable answer: NXDOMAIN, a timeout or an error, and why.
-    Failed {
-        result: LookupResult,
-        error: String,
-    },
+    Failed { result: LookupResult, error: String },
 }
 
 impl Answer {
@@ -157,7 +154,10 @@ mod tests {
         let Answer::Clones { clones, .. } = &a else {
             panic!("clones")
         };
-        assert_eq!(clones, &[found("127.0.0.1:80", 2), found("127.0.0.3:80", 1)]);
+        assert_eq!(
+            clones,
+            &[found("127.0.0.1:80", 2), found("127.0.0.3:80", 1)]
+        );
         assert_eq!(a.result(), LookupResult::Ok);
         assert_eq!(Answer::clones(vec![], None).result(), LookupResult::NoData);
         for (i, r) in LookupResult::ALL.iter().enumerate() {

@@ -45,9 +45,15 @@ fn names_resolved_clones_go_where_the_name_is_written_and_the_first_source_wins(
     let mut dns = with_tasks(&c);
     // Before any answer: lb.toml's clones only.
     assert_eq!(names(&dns.clones(&c)), ["a", "b"]);
-    let app = Answer::clones(vec![found("127.0.0.3:80", 1), found("127.0.0.2:80", 1)], None);
+    let app = Answer::clones(
+        vec![found("127.0.0.3:80", 1), found("127.0.0.2:80", 1)],
+        None,
+    );
     assert_eq!(dns.record(1, app), Some(true));
-    let srv = Answer::clones(vec![found("127.0.0.9:81", 7), found("127.0.0.3:80", 2)], None);
+    let srv = Answer::clones(
+        vec![found("127.0.0.9:81", 7), found("127.0.0.3:80", 2)],
+        None,
+    );
     assert_eq!(dns.record(2, srv), Some(true));
     let clones = dns.clones(&c);
     // app's clones come before b (written after it), so 127.0.0.2:80 is app's: b, written
@@ -79,10 +85,17 @@ fn a_failed_lookup_keeps_the_set_and_an_empty_answer_empties_it() {
     // Never resolved: nothing, and a failure changes nothing.
     assert_eq!(dns.record(1, failed(LookupResult::Timeout)), Some(false));
     assert!(dns.clones(&c).is_empty());
-    let two = Answer::clones(vec![found("127.0.0.1:80", 1), found("127.0.0.2:80", 1)], None);
+    let two = Answer::clones(
+        vec![found("127.0.0.1:80", 1), found("127.0.0.2:80", 1)],
+        None,
+    );
     assert_eq!(dns.record(1, two.clone()), Some(true));
     assert_eq!(dns.record(1, two), Some(false), "the same set again");
-    for r in [LookupResult::NxDomain, LookupResult::Timeout, LookupResult::Error] {
+    for r in [
+        LookupResult::NxDomain,
+        LookupResult::Timeout,
+        LookupResult::Error,
+    ] {
         assert_eq!(dns.record(1, failed(r)), Some(false));
         assert_eq!(dns.clones(&c).len(), 2);
     }
