@@ -67,12 +67,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn check(path: &Path) -> Output {
-    Command::new(BIN)
-        .arg("check")
-        .arg(path)
-        .env_remove("CLONELB_LOG")
-        .output()
-        .expect("run clonelb check")
+    run(&["check", &path.to_string_lossy()])
 }
 
 fn text_lines(bytes: &[u8]) -> Vec<String> {

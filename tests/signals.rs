@@ -54,17 +54,6 @@ fn kill(child: &Child, signal: &str) {
     assert!(status.success());
 }
 
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "clonelb did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn get_on(mut s: TcpStream) -> String {
     s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
         .unwrap();

@@ -6,13 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clonelb");
 
@@ -36,25 +35,12 @@ fn config(clone: &TestClone, admin: &str, extra: &str) -> String {
 
 /// `GET /status` with `token` as the bearer token (none: no header): status and body.
 async fn status_with(admin: SocketAddr, token: Option<&str>) -> (StatusCode, String) {
-    let s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(Method::GET)
-        .uri("/status")
-        .header("host", admin.to_string());
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = sender
-        .send_request(req.body(Full::new(bytes::Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    admin_request(admin, Method::GET, "/status", &headers, "").await
 }
 
 async fn code(admin: SocketAddr, token: Option<&str>) -> StatusCode {
@@ -85,15 +71,6 @@ async fn clonelb(args: Vec<String>) -> Output {
     })
     .await
     .unwrap()
-}
-
-fn check(path: &Path) -> Output {
-    Command::new(BIN)
-        .arg("check")
-        .arg(path)
-        .env_remove("CLONELB_LOG")
-        .output()
-        .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -204,23 +181,6 @@ async fn a_reload_rereads_the_file_and_a_missing_one_keeps_the_old_token() {
     assert_eq!(code(admin, Some("second")).await, 200);
 }
 
-/// The Secret volume's layout: `admin-token -> ..data/admin-token`, `..data -> <stamp>`.
-fn secret_volume(root: &Path, stamp: &str, token: &str) {
-    std::fs::create_dir(root.join(stamp)).unwrap();
-    std::fs::write(root.join(stamp).join("admin-token"), token).unwrap();
-    std::os::unix::fs::symlink(stamp, root.join("..data")).unwrap();
-    std::os::unix::fs::symlink("..data/admin-token", root.join("admin-token")).unwrap();
-}
-
-/// A Secret update as the kubelet makes it: a new stamp folder, `..data` renamed over.
-fn secret_update(root: &Path, old: &str, new: &str, token: &str) {
-    std::fs::create_dir(root.join(new)).unwrap();
-    std::fs::write(root.join(new).join("admin-token"), token).unwrap();
-    std::os::unix::fs::symlink(new, root.join("..data_tmp")).unwrap();
-    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    std::fs::remove_dir_all(root.join(old)).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_is_picked_up_by_the_watcher() {
     let a = spawn_clone("a");
@@ -232,7 +192,7 @@ async fn a_rotated_secret_is_picked_up_by_the_watcher() {
         "..2026_12_01_10_05_00.2",
         "..2026_12_01_10_10_00.3",
     );
-    secret_volume(&secret, old, "v1-token\n");
+    kubelet_volume(&secret, old, "admin-token", "v1-token\n");
     let path = dir.0.join("lb.toml");
     let file = format!("token_file = \"{}\"", secret.join("admin-token").display());
     std::fs::write(&path, config(&a, &file, "")).unwrap();
@@ -240,14 +200,14 @@ async fn a_rotated_secret_is_picked_up_by_the_watcher() {
     let admin = lb.admin_addr().unwrap();
     assert_eq!(code(admin, Some("v1-token")).await, 200);
 
-    secret_update(&secret, old, new, "v2-token\n");
+    kubelet_update(&secret, old, new, "admin-token", "v2-token\n");
     assert!(
         accepted_within(admin, "v2-token").await,
         "the rotated token was not applied"
     );
     assert_eq!(code(admin, Some("v1-token")).await, 401);
     // The watch followed the new link: the next rotation applies too.
-    secret_update(&secret, new, newer, "v3-token\n");
+    kubelet_update(&secret, new, newer, "admin-token", "v3-token\n");
     assert!(accepted_within(admin, "v3-token").await);
     assert_eq!(code(admin, Some("v2-token")).await, 401);
     assert!(lb.status().last_error.is_none());
@@ -263,7 +223,7 @@ fn check_names_a_missing_or_empty_token_file_at_its_key() {
     )
     .unwrap();
     let missing = dir.0.join("secret/admin-token");
-    let out = check(&path);
+    let out = run_check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     let want = format!(
@@ -276,7 +236,7 @@ fn check_names_a_missing_or_empty_token_file_at_its_key() {
 
     std::fs::create_dir(dir.0.join("secret")).unwrap();
     std::fs::write(&missing, "  \n").unwrap();
-    let err = text(&check(&path).stderr);
+    let err = text(&run_check(&path).stderr);
     assert_eq!(
         err,
         format!(
@@ -286,7 +246,7 @@ fn check_names_a_missing_or_empty_token_file_at_its_key() {
         )
     );
     std::fs::write(&missing, "fine\n").unwrap();
-    let out = check(&path);
+    let out = run_check(&path);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
@@ -300,7 +260,7 @@ fn token_and_token_file_together_are_an_error() {
         "[listen]\nhttp = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9901\"\ntoken = \"inline\"\ntoken_file = \"admin-token\"\n",
     )
     .unwrap();
-    let out = check(&path);
+    let out = run_check(&path);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
@@ -318,13 +278,13 @@ fn a_non_loopback_admin_with_a_token_file_passes_check_and_shows_no_token() {
     let path = dir.0.join("lb.toml");
     let head = "[listen]\nhttp = \"0.0.0.0:8080\"\n[admin]\nlisten = \"0.0.0.0:9901\"\n";
     std::fs::write(&path, format!("{head}token_file = \"admin-token\"\n")).unwrap();
-    let out = check(&path);
+    let out = run_check(&path);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(!all.contains("never-printed"), "{all}");
     // Without either key it is still refused, naming both.
     std::fs::write(&path, head).unwrap();
-    let err = text(&check(&path).stderr);
+    let err = text(&run_check(&path).stderr);
     assert!(
         err.contains("is not on loopback: set `token` or `token_file` in [admin]"),
         "{err}"

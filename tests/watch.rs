@@ -74,23 +74,6 @@ async fn slow_writer_is_never_applied_half_written() {
     assert!(lb.status().last_error.is_none());
 }
 
-/// `root/lb.toml -> ..data/lb.toml`, `root/..data -> <stamp>`, as a ConfigMap volume.
-fn configmap(root: &Path, stamp: &str, text: &str) {
-    std::fs::create_dir(root.join(stamp)).unwrap();
-    std::fs::write(root.join(stamp).join("lb.toml"), text).unwrap();
-    std::os::unix::fs::symlink(stamp, root.join("..data")).unwrap();
-    std::os::unix::fs::symlink("..data/lb.toml", root.join("lb.toml")).unwrap();
-}
-
-/// A ConfigMap update as the kubelet makes it.
-fn configmap_update(root: &Path, old: &str, new: &str, text: &str) {
-    std::fs::create_dir(root.join(new)).unwrap();
-    std::fs::write(root.join(new).join("lb.toml"), text).unwrap();
-    std::os::unix::fs::symlink(new, root.join("..data_tmp")).unwrap();
-    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    std::fs::remove_dir_all(root.join(old)).unwrap();
-}
-
 #[tokio::test]
 async fn configmap_update_reloads() {
     let a = spawn_clone("a");
@@ -102,23 +85,30 @@ async fn configmap_update_reloads() {
         "..2026_12_01_10_05_00.456",
         "..2026_12_01_10_10_00.789",
     );
-    configmap(&dir.0, old, &config_text("round-robin", &[(&a, 1)], ""));
+    kubelet_volume(
+        &dir.0,
+        old,
+        "lb.toml",
+        &config_text("round-robin", &[(&a, 1)], ""),
+    );
     let lb = start(&dir.0.join("lb.toml"));
 
-    configmap_update(
+    kubelet_update(
         &dir.0,
         old,
         new,
+        "lb.toml",
         &config_text("round-robin", &[(&a, 1), (&b, 1)], ""),
     );
     assert!(eventually(Duration::from_secs(5), || lb.status().generation == 2).await);
     assert!(lb.table().find(b.addr).is_some());
 
     // The watch followed the link: the next update applies too.
-    configmap_update(
+    kubelet_update(
         &dir.0,
         new,
         newer,
+        "lb.toml",
         &config_text("round-robin", &[(&a, 1), (&b, 1), (&c, 1)], ""),
     );
     assert!(eventually(Duration::from_secs(5), || lb.status().generation == 3).await);

@@ -1076,20 +1076,74 @@ pub async fn admin_call(
     path: &str,
     body: &str,
 ) -> (StatusCode, String) {
+    let json = [("content-type", "application/json")];
+    admin_request(admin, method, path, &json, body).await
+}
+
+/// One admin request on a fresh connection, with `headers`: status and body.
+pub async fn admin_request(
+    admin: SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, String) {
     let s = TcpStream::connect(admin).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", admin.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+        .header("host", admin.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The balancer process's exit status, waited for up to 20 s.
+pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "clonelb did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `clonelb check PATH` (the real binary, without `CLONELB_LOG`).
+pub fn run_check(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_clonelb"))
+        .arg("check")
+        .arg(path)
+        .env_remove("CLONELB_LOG")
+        .output()
+        .expect("run clonelb check")
+}
+
+/// A ConfigMap or Secret volume as the kubelet lays it out: `root/FILE -> ..data/FILE`,
+/// `root/..data -> STAMP`, the file's `text` in `root/STAMP/`.
+pub fn kubelet_volume(root: &std::path::Path, stamp: &str, file: &str, text: &str) {
+    std::fs::create_dir(root.join(stamp)).unwrap();
+    std::fs::write(root.join(stamp).join(file), text).unwrap();
+    std::os::unix::fs::symlink(stamp, root.join("..data")).unwrap();
+    std::os::unix::fs::symlink(format!("..data/{file}"), root.join(file)).unwrap();
+}
+
+/// An update of that volume as the kubelet makes it: a new stamp folder, a new `..data`
+/// link renamed over the old one, the old folder removed.
+pub fn kubelet_update(root: &std::path::Path, old: &str, new: &str, file: &str, text: &str) {
+    std::fs::create_dir(root.join(new)).unwrap();
+    std::fs::write(root.join(new).join(file), text).unwrap();
+    std::os::unix::fs::symlink(new, root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join(old)).unwrap();
 }
