@@ -306,6 +306,11 @@ fn address_entry(host_port: &str, name: Option<&str>) -> String {
     s
 }
 
+/// The `[[backend]]` entry most tests use: `app.test:PORT`, its clones named `app/IP:PORT`.
+fn app_entry(port: u16) -> String {
+    address_entry(&format!("app.test:{port}"), Some("app"))
+}
+
 fn static_entry(c: &TestClone) -> String {
     format!(
         "[[backend]]\naddress = \"{}\"\nname = \"{}\"\n",
@@ -438,10 +443,7 @@ async fn three_a_records_are_three_clones_one_leaves_draining_and_comes_back_new
     let lb = spawn_lb(&lb_toml(
         &dns,
         "1s",
-        &format!(
-            "{}weight = 2\n",
-            address_entry(&format!("app.test:{port}"), Some("app"))
-        ),
+        &format!("{}weight = 2\n", app_entry(port)),
     ));
     let admin = lb.admin_addr().unwrap();
     let all_up = exactly(&[(c1.addr, "up"), (c2.addr, "up"), (c3.addr, "up")]);
@@ -627,11 +629,7 @@ async fn a_silent_server_keeps_the_last_set_and_is_logged_once() {
         unreachable!()
     };
     dns.set_a("app.test", &ALL3[..2], 1);
-    let lb = BinLb::start(&lb_toml(
-        &dns,
-        "1s",
-        &address_entry(&format!("app.test:{port}"), Some("app")),
-    ));
+    let lb = BinLb::start(&lb_toml(&dns, "1s", &app_entry(port)));
     let admin = lb.admin.unwrap();
     let two = exactly(&[(c1.addr, "up"), (c2.addr, "up")]);
     wait_status(admin, SETTLE, "two clones up", |v| states(v) == two).await;
@@ -706,11 +704,7 @@ async fn nxdomain_keeps_the_last_set_but_an_empty_answer_drains_it() {
         unreachable!()
     };
     dns.set_a("app.test", &ALL3[..2], 1);
-    let lb = spawn_lb(&lb_toml(
-        &dns,
-        "1s",
-        &address_entry(&format!("app.test:{port}"), Some("app")),
-    ));
+    let lb = spawn_lb(&lb_toml(&dns, "1s", &app_entry(port)));
     let admin = lb.admin_addr().unwrap();
     let two = exactly(&[(c1.addr, "up"), (c2.addr, "up")]);
     wait_status(admin, SETTLE, "two clones up", |v| states(v) == two).await;
@@ -828,11 +822,7 @@ async fn a_ttl_of_0_is_asked_again_about_once_a_second() {
     let dns = DnsServer::start();
     let (port, clones) = clones_on_ips("app", &ALL3[..1]);
     dns.set_a("app.test", &ALL3[..1], 0);
-    let lb = spawn_lb(&lb_toml(
-        &dns,
-        "60s",
-        &address_entry(&format!("app.test:{port}"), Some("app")),
-    ));
+    let lb = spawn_lb(&lb_toml(&dns, "60s", &app_entry(port)));
     let admin = lb.admin_addr().unwrap();
     wait_status(admin, SETTLE, "the clone up", |v| {
         states(v) == exactly(&[(clones[0].addr, "up")])
@@ -858,11 +848,7 @@ async fn a_long_ttl_does_not_hold_a_change_past_the_refresh() {
     let dns = DnsServer::start();
     let (port, clones) = clones_on_ips("app", &ALL3[..2]);
     dns.set_a("app.test", &ALL3[..1], 3600);
-    let lb = spawn_lb(&lb_toml(
-        &dns,
-        "1s",
-        &address_entry(&format!("app.test:{port}"), Some("app")),
-    ));
+    let lb = spawn_lb(&lb_toml(&dns, "1s", &app_entry(port)));
     let admin = lb.admin_addr().unwrap();
     wait_status(admin, SETTLE, "the first clone up", |v| {
         states(v) == exactly(&[(clones[0].addr, "up")])
@@ -892,7 +878,7 @@ async fn a_reload_during_a_dns_outage_publishes_static_clones_at_once() {
     };
     let (s1, s2, s3) = (spawn_clone("s1"), spawn_clone("s2"), spawn_clone("s3"));
     dns.set_a("app.test", &ALL3[..2], 1);
-    let dns_entry = address_entry(&format!("app.test:{port}"), Some("app"));
+    let dns_entry = app_entry(port);
     let text = |s: &TestClone| lb_toml(&dns, "1s", &format!("{dns_entry}{}", static_entry(s)));
     let dir = fresh_dir("dns");
     let path = dir.join("lb.toml");
@@ -992,11 +978,7 @@ async fn an_address_both_static_and_from_dns_is_one_clone_the_first_entry() {
     let lb = BinLb::start(&lb_toml(
         &dns,
         "1s",
-        &format!(
-            "{}{}",
-            static_entry(&s),
-            address_entry(&format!("app.test:{port}"), Some("app"))
-        ),
+        &format!("{}{}", static_entry(&s), app_entry(port)),
     ));
     let admin = lb.admin.unwrap();
     let warned = ["already a clone"];
@@ -1044,10 +1026,7 @@ async fn a_new_dns_clone_starts_down_with_start_unhealthy() {
     let lb = spawn_lb(&lb_toml(
         &dns,
         "1s",
-        &format!(
-            "{}{health}",
-            address_entry(&format!("app.test:{port}"), Some("app"))
-        ),
+        &format!("{}{health}", app_entry(port)),
     ));
     let admin = lb.admin_addr().unwrap();
     wait_status(admin, SETTLE, "the first clone up after its checks", |v| {
