@@ -1,8 +1,8 @@
 //! The file side of the control plane: watch lb.toml → read → parse → validate → load
-//! TLS, error pages and the admin token file → [`ControlState::publish`]. If any step fails, the running configuration keeps
-//! serving untouched and the error lines (the same `PATH:LINE:COL: message` lines
-//! `clonelb check` prints) go to [`ControlState::reject`], which logs them and keeps them
-//! as the last error until the next success.
+//! TLS, error pages and the admin token file → [`ControlState::publish`]. If any step
+//! fails, the running configuration keeps serving untouched and the error lines (the same
+//! `PATH:LINE:COL: message` lines `clonelb check` prints) go to [`ControlState::reject`],
+//! which logs them and keeps them as the last error until the next success.
 //!
 //! [`load`] is the one "read the file, parse, load TLS" sequence: start-up, every reload
 //! and `clonelb check` use it.
