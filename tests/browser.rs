@@ -667,3 +667,60 @@ async fn the_page_lists_the_audits_recent_mismatches() {
     drop(browser);
     drop(driver);
 }
+
+/// The cells of the DNS table's first row.
+async fn dns_row(browser: &Browser) -> Vec<String> {
+    let mut out = Vec::new();
+    for td in browser
+        .find_all(Locator::Css("#dns-names tbody tr:first-child td"))
+        .await
+        .unwrap()
+    {
+        out.push(td.text().await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_lists_the_dns_names_and_warns_while_a_lookup_fails() {
+    let dns = common::dns::DnsServer::start();
+    let (port, clones) = clones_on_ips("app", &["127.0.0.1", "127.0.0.2"]);
+    dns.set_a("app.test", &["127.0.0.1", "127.0.0.2"], 1);
+    let lb = spawn_lb(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [dns]\nresolver = \"{}\"\nrefresh = \"1s\"\n\
+         [[backend]]\naddress = \"app.test:{port}\"\nname = \"app\"\n",
+        dns.resolver()
+    ));
+    let admin = lb.admin_addr().unwrap();
+    let driver = start_driver().await;
+    let browser = browser(&driver).await;
+    browser.goto(&format!("http://{admin}/")).await.unwrap();
+    let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
+    wait_states(&browser, &[(&names[0], "up"), (&names[1], "up")]).await;
+    let row = wait_for("the DNS name's row", PAGE_WAIT, || async {
+        Some(dns_row(&browser).await).filter(|c| c.len() == 5 && c[3] == "2")
+    })
+    .await;
+    assert_eq!(row[0], "app.test");
+    assert_eq!(row[1], "address");
+    assert!(row[2].starts_with("ok at "), "{row:?}");
+    assert!(row[4].contains(" ago"), "{row:?}");
+    assert_eq!(shown_text(&browser, "dns-failing").await, None);
+
+    // NXDOMAIN: the clones stay, the page says the lookup fails and what is kept.
+    dns.set_mode("app.test", common::dns::Mode::NxDomain);
+    let banner = wait_for("the DNS banner", PAGE_WAIT, || async {
+        shown_text(&browser, "dns-failing").await
+    })
+    .await;
+    assert!(
+        banner.contains("app.test (nxdomain), keeping 2 clones"),
+        "{banner}"
+    );
+    let row = dns_row(&browser).await;
+    assert!(row[2].starts_with("nxdomain: NXDOMAIN"), "{row:?}");
+    wait_states(&browser, &[(&names[0], "up"), (&names[1], "up")]).await;
+    drop(browser);
+    drop(driver);
+}

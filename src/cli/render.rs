@@ -16,6 +16,18 @@ pub(crate) struct Status {
     pub config: ConfigStatus,
     pub strategy: String,
     pub backends: Vec<Backend>,
+    pub dns: Vec<DnsName>,
+}
+
+/// One DNS name of lb.toml (`dns` in `/status`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct DnsName {
+    pub name: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub clones: u64,
+    pub resolved_at: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +135,10 @@ pub(crate) fn status(s: &Status, now: SystemTime, color: bool) -> String {
             out.push('\n');
         }
     }
+    for d in &s.dns {
+        out.push_str(&dns_line(d, now));
+        out.push('\n');
+    }
     if s.backends.is_empty() {
         out.push_str("no clones\n");
         return out;
@@ -201,6 +217,34 @@ fn color_of(state: &str) -> Option<&'static str> {
         "disabled" => Some("90"),
         "standby" => Some("34"),
         _ => None,
+    }
+}
+
+/// `dns app.internal: ok, 3 clones, resolved 2s ago`; a failing name says what failed and
+/// what it keeps: `dns app.internal: timeout (...), keeping 3 clones resolved 40s ago`.
+fn dns_line(d: &DnsName, now: SystemTime) -> String {
+    let resolved = d.resolved_at.as_deref().and_then(parse_time).map(|t| {
+        let age = ago(now.duration_since(t).unwrap_or(Duration::ZERO));
+        format!(
+            "{} clone{} resolved {age}",
+            d.clones,
+            if d.clones == 1 { "" } else { "s" }
+        )
+    });
+    let name = &d.name;
+    match (d.result.as_deref(), resolved) {
+        (None, _) => format!("dns {name}: no answer yet"),
+        (Some(r @ ("ok" | "nodata")), Some(resolved)) => format!("dns {name}: {r}, {resolved}"),
+        (Some(r), resolved) => {
+            let error = d
+                .error
+                .as_deref()
+                .map_or(String::new(), |e| format!(" ({e})"));
+            let keeps = resolved.map_or("never resolved: no clones".into(), |r| {
+                format!("keeping {r}")
+            });
+            format!("dns {name}: {r}{error}, {keeps}")
+        }
     }
 }
 
@@ -365,6 +409,32 @@ c3       127.0.0.1:9003  draining          0         0       0      -  -
             status(&s, SystemTime::UNIX_EPOCH, false),
             "generation 2, loaded -, strategy least-connections\nlast reload failed:\n\
              lb.toml:3:1: oops\nlb.toml:4:2: again\nno clones\n"
+        );
+    }
+
+    #[test]
+    fn dns_names_say_what_they_resolved_and_what_a_failing_one_keeps() {
+        let s: Status = serde_json::from_str(
+            r#"{"config": {"generation": 3}, "strategy": "round-robin", "backends": [],
+                "dns": [
+                  {"name": "app.test", "type": "address", "result": "ok", "error": null,
+                   "clones": 3, "resolved_at": "2026-12-03T10:59:58Z"},
+                  {"name": "_h._tcp.svc", "type": "srv", "result": "timeout",
+                   "error": "SRV query timed out", "clones": 1,
+                   "resolved_at": "2026-12-03T10:59:00Z"},
+                  {"name": "gone.test", "result": "nxdomain", "error": "NXDOMAIN", "clones": 0},
+                  {"name": "new.test", "result": null}]}"#,
+        )
+        .unwrap();
+        let out = status(&s, at("2026-12-03T11:00:00Z"), false);
+        assert_eq!(
+            out,
+            "generation 3, loaded -, strategy round-robin\n\
+             dns app.test: ok, 3 clones resolved 2s ago\n\
+             dns _h._tcp.svc: timeout (SRV query timed out), keeping 1 clone resolved 1m ago\n\
+             dns gone.test: nxdomain (NXDOMAIN), never resolved: no clones\n\
+             dns new.test: no answer yet\n\
+             no clones\n"
         );
     }
 
