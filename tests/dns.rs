@@ -1116,11 +1116,12 @@ fn check_accepts_host_names_without_resolving_them() {
 fn check_resolve_prints_each_names_clones() {
     let dns = DnsServer::start();
     dns.set_a("app.test", &ALL3, 30);
+    dns.set_a("fq.test", &ALL3[..1], 30);
     dns.set_mode("none.test", Mode::Empty);
     dns.set_a("a.svc.test", &["127.0.0.1"], 30);
     dns.set_srv("_http._tcp.svc.test", &[srv("a.svc.test", 9001, 1, 1)], 30);
     let out = check(
-        &check_toml(&dns, &["app.test", "none.test"]),
+        &check_toml(&dns, &["app.test", "none.test", "fq.test."]),
         &["--resolve"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
@@ -1144,6 +1145,12 @@ fn check_resolve_prints_each_names_clones() {
         both(&out)
     );
     assert!(dns.queries("app.test", RecordType::A) >= 1);
+    // A fully qualified name (final dot) is looked up as written.
+    assert!(
+        lines.contains(&"fq.test.: 1 clone: 127.0.0.1:9 (ttl 30s)"),
+        "{}",
+        both(&out)
+    );
 }
 
 #[test]
