@@ -347,3 +347,76 @@ impl std::fmt::Display for CutoverAt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn clone_targets_by_example() {
+        let host = |h: &str, port| CloneTarget::Host {
+            host: h.into(),
+            port,
+        };
+        assert_eq!(
+            parse_clone_target("127.0.0.1:80"),
+            Ok(CloneTarget::Ip("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_clone_target("localhost:80"),
+            Ok(CloneTarget::Ip("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(parse_clone_target("app.test:80"), Ok(host("app.test", 80)));
+        assert_eq!(
+            parse_clone_target("app.test.:80"),
+            Ok(host("app.test.", 80))
+        );
+        assert_eq!(parse_clone_target("_x-y.a1:1"), Ok(host("_x-y.a1", 1)));
+        for bad in [
+            "app.test",
+            "app.test:http",
+            "app..test:80",
+            "-app.test:80",
+            "1.2.3:80",
+            "::1:80",
+            "[app.test]:80",
+            "app test:80",
+            ":80",
+        ] {
+            assert!(parse_clone_target(bad).is_err(), "{bad}");
+        }
+        assert!(check_dns_name(&format!("{}.test", "a".repeat(64))).is_err());
+        assert!(check_dns_name(&format!("{}.test", "a".repeat(63))).is_ok());
+        assert!(
+            check_dns_name(&["a"; 130].join(".")).is_err(),
+            "over 253 bytes"
+        );
+    }
+
+    proptest! {
+        /// Any text: an answer, never a panic; an IP written with its port stays that IP.
+        #[test]
+        fn any_text_gives_an_answer_and_socket_addresses_stay_ips(
+            text in "\\PC{0,80}",
+            ip in any::<std::net::IpAddr>(),
+            port in 1u16..,
+        ) {
+            let _ = parse_clone_target(&text);
+            let addr = SocketAddr::new(ip, port);
+            prop_assert_eq!(parse_clone_target(&addr.to_string()), Ok(CloneTarget::Ip(addr)));
+        }
+
+        /// Names made of valid labels are host names, kept as written.
+        #[test]
+        fn valid_labels_make_a_host_name(
+            labels in proptest::collection::vec("[a-z_][a-z0-9_-]{0,20}[a-z0-9]", 1..5),
+            port in 1u16..,
+        ) {
+            let name = labels.join(".");
+            prop_assume!(!name.eq_ignore_ascii_case("localhost"));
+            let want = CloneTarget::Host { host: name.clone(), port };
+            prop_assert_eq!(parse_clone_target(&format!("{name}:{port}")), Ok(want));
+        }
+    }
+}
