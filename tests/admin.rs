@@ -152,12 +152,7 @@ async fn status_shows_every_state_and_a_failed_reload() {
         "{v}"
     );
     assert_eq!(v["strategy"], "round-robin");
-    let d_entry = v["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "d")
-        .unwrap();
+    let d_entry = backend(&v, "d");
     assert_eq!(d_entry["in_flight"], 1);
     assert!(v["config"]["loaded_at"].as_str().unwrap().ends_with('Z'));
     // The old pool still serves.
@@ -171,12 +166,7 @@ async fn status_shows_every_state_and_a_failed_reload() {
         .await
     );
     let (_, v) = get_json(admin, "/status").await;
-    let a_entry = v["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "a")
-        .unwrap();
+    let a_entry = backend(&v, "a");
     let history = a_entry["history"].as_array().unwrap();
     assert!((2..=60).contains(&history.len()), "{a_entry}");
     for point in history {
@@ -770,13 +760,8 @@ async fn pin_and_unpin_in_atomic_mode_answer_the_deploy_object_and_route_by_it()
     })
     .await;
     let state_of = |v: &Value, name: &str| {
-        v["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["name"] == name)
-            .map(|b| (b["state"].clone(), b["version"].clone()))
-            .unwrap()
+        let b = backend(v, name);
+        (b["state"].clone(), b["version"].clone())
     };
     assert_eq!(state_of(&v, "c"), ("standby".into(), "v2".into()), "{v}");
     assert_eq!(state_of(&v, "a"), ("up".into(), "v1".into()), "{v}");

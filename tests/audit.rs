@@ -131,16 +131,6 @@ async fn settled(admin: SocketAddr, sampled: u64) -> Value {
     again
 }
 
-/// The `/status` entry of the clone named `name`.
-fn backend<'a>(v: &'a Value, name: &str) -> &'a Value {
-    v["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name)
-        .unwrap_or_else(|| panic!("no backend {name} in {v:#}"))
-}
-
 /// `[audit]` replaying every eligible request.
 fn audit_all(extra: &str) -> String {
     format!("[audit]\nsample = 1.0\nmax_concurrent = 64\n{extra}\n")
@@ -219,9 +209,8 @@ async fn sampled_answers_reach_the_user_unchanged() {
     assert_eq!(a.count(|s| s.audit), 0, "the client sent no audit header");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-
-async fn identical_clones_never_disagree_over_2000_requests() {
+/// Three identical stateless clones behind a balancer that audits every request.
+fn three_identical_audited() -> ([AppClone; 3], clonelb::Balancer) {
     let clones = [
         spawn_app("a", stateless),
         spawn_app("b", stateless),
@@ -232,6 +221,12 @@ async fn identical_clones_never_disagree_over_2000_requests() {
         "",
         &audit_all(""),
     ));
+    (clones, lb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_clones_never_disagree_over_2000_requests() {
+    let (clones, lb) = three_identical_audited();
     let (addr, admin) = (lb.http_addr(), lb.admin_addr().unwrap());
     const N: u64 = 2_000;
     drive(addr, N as usize, 8, |i| format!("/item/{}", i % 10)).await;
@@ -305,7 +300,6 @@ fn cart_app(carts: Carts) -> impl Fn(&Parts, &Bytes) -> AppReply + Send + Sync +
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-
 async fn a_clone_keeping_sessions_in_local_memory_is_the_odd_clone() {
     let shared: Carts = Arc::default();
     let a = spawn_app("a", cart_app(Arc::clone(&shared)));
@@ -377,7 +371,6 @@ async fn a_clone_keeping_sessions_in_local_memory_is_the_odd_clone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-
 async fn a_different_body_on_one_path_is_a_body_mismatch_on_that_path() {
     fn price(cents: &'static str) -> impl Fn(&Parts, &Bytes) -> AppReply + Send + Sync {
         move |p: &Parts, b: &Bytes| match p.uri.path() {
@@ -426,7 +419,6 @@ async fn a_different_body_on_one_path_is_a_body_mismatch_on_that_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-
 async fn clones_differing_only_in_their_date_header_match() {
     fn dated(date: &'static str) -> impl Fn(&Parts, &Bytes) -> AppReply + Send + Sync {
         move |p: &Parts, b: &Bytes| stateless(p, b).header("date", date)
@@ -457,18 +449,8 @@ async fn clones_differing_only_in_their_date_header_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-
 async fn post_is_never_replayed_even_at_full_sample() {
-    let clones = [
-        spawn_app("a", stateless),
-        spawn_app("b", stateless),
-        spawn_app("c", stateless),
-    ];
-    let lb = spawn_lb(&app_config(
-        &[&clones[0], &clones[1], &clones[2]],
-        "",
-        &audit_all(""),
-    ));
+    let (clones, lb) = three_identical_audited();
     let (addr, admin) = (lb.http_addr(), lb.admin_addr().unwrap());
     const POSTS: usize = 30;
     const GETS: usize = 30;

@@ -208,19 +208,7 @@ async fn status(admin: SocketAddr, token: Option<&str>) -> Value {
 }
 
 fn state_in(status: &Value, name: &str) -> String {
-    clone_in(status, name)["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn clone_in<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name)
-        .unwrap()
+    backend(status, name)["state"].as_str().unwrap().to_string()
 }
 
 /// Requests to the balancer until `stop`, at a rate and latency that vary, so the charts
@@ -321,7 +309,7 @@ async fn the_page_shows_every_clone_follows_their_state_steers_them_and_notices_
         let page = rows(&browser).await;
         let now = status(admin, None).await;
         let agree = page.iter().all(|row| {
-            let len = clone_in(&now, &row.name)["history"]
+            let len = backend(&now, &row.name)["history"]
                 .as_array()
                 .unwrap()
                 .len();

@@ -8,6 +8,8 @@
 //! `clonelb: `, exit 1 (a failed reload prints its header and the file's error lines);
 //! usage errors exit 2. The binary bounds every run itself (3 s connect, 15 s request).
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use common::run_local;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -53,11 +56,7 @@ impl FakeAdmin {
         let route: Arc<Route> = Arc::new(route);
         let log = Arc::clone(&seen);
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+            run_local(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
                     let stream = tokio::select! {

@@ -73,9 +73,10 @@ async fn state_on(admin: &str, name: &str) -> String {
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let backends = status["backends"].as_array().unwrap();
-    let clone = backends.iter().find(|b| b["name"] == name).unwrap();
-    clone["state"].as_str().unwrap().to_string()
+    backend(&status, name)["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

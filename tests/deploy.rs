@@ -559,12 +559,7 @@ async fn standby_and_unknown_version_clones_show_standby_and_get_nothing() {
     // In /status JSON too.
     let (_, body) = admin(&lb, Method::GET, "/status").await;
     let v: Value = serde_json::from_str(&body).unwrap();
-    let d_entry = v["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "d")
-        .unwrap();
+    let d_entry = backend(&v, "d");
     assert_eq!(d_entry["state"], "standby", "{body}");
     assert!(d_entry["version"].is_null(), "{body}");
 }

@@ -256,11 +256,7 @@ fn spawn_ws_echo() -> (SocketAddr, Arc<AtomicU64>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let count = Arc::clone(&accepted);
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        run_local(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
             loop {

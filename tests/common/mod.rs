@@ -154,11 +154,7 @@ pub fn try_spawn_clone_at(name: &str, at: SocketAddr) -> std::io::Result<TestClo
     let st = Arc::clone(&stats);
     let n = name.to_string();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        run_local(async move {
             let listener = match TcpListener::bind(at).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -193,7 +189,6 @@ pub fn try_spawn_clone_at(name: &str, at: SocketAddr) -> std::io::Result<TestClo
             }
         });
         // The runtime is gone, and with it every connection task and socket.
-        drop(rt);
         let _ = stopped_tx.send(());
     });
     let addr = addr_rx.recv().unwrap()?;
@@ -961,11 +956,7 @@ pub fn spawn_app(
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let log = Arc::clone(&seen);
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        run_local(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
             let stop = tokio::task::spawn_blocking(move || {
@@ -993,7 +984,6 @@ pub fn spawn_app(
                 _ = stop => {}
             }
         });
-        drop(rt);
     });
     let addr = addr_rx.recv().unwrap();
     AppClone {
@@ -1105,6 +1095,27 @@ pub async fn admin_request(
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The `/status` entry of the clone named `name` (panics, showing the status, when there
+/// is none).
+pub fn backend<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no backend {name} in {v:#}"))
+}
+
+/// Run `fut` to its end on a new current-thread runtime of this thread (a test server's
+/// own thread), then drop the runtime: its tasks and sockets go with it.
+pub fn run_local(fut: impl Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(fut);
 }
 
 /// The balancer process's exit status, waited for up to 20 s.
