@@ -12,7 +12,6 @@
 //! stores it), the request path's types.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -124,18 +123,7 @@ pub fn read(path: &Path) -> Result<Page, String> {
     let shown = path.display();
     let content_type = page_content_type(path)
         .ok_or_else(|| format!("{shown} must end in .html, .json or .txt"))?;
-    let file = std::fs::File::open(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    let mut body = Vec::new();
-    // One byte more than allowed tells "too large" without reading a huge file whole.
-    file.take(MAX_ERROR_PAGE + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    if body.len() as u64 > MAX_ERROR_PAGE {
-        return Err(format!(
-            "{shown} is larger than {} KiB",
-            MAX_ERROR_PAGE / 1024
-        ));
-    }
+    let body = crate::files::read_at_most(path, MAX_ERROR_PAGE)?;
     let has_placeholder = body
         .windows(REQUEST_ID_PLACEHOLDER.len())
         .any(|w| w == REQUEST_ID_PLACEHOLDER.as_bytes());

@@ -71,6 +71,7 @@ pub mod deploy;
 pub mod dns;
 pub mod error;
 pub mod error_pages;
+pub mod files;
 pub mod forward;
 pub mod health;
 pub mod idle;

@@ -15,10 +15,10 @@
 //! Owns the file's rules ([`read`]). Must not touch: the admin API, the running
 //! configuration.
 
-use std::io::Read;
 use std::path::Path;
 
 use crate::config::{Checked, Config, ConfigError, Diagnostic, LoadError, Secret};
+use crate::files;
 
 /// The largest token file accepted: a token is a line, not a document.
 pub const MAX_TOKEN_FILE: u64 = 4 * 1024;
@@ -29,18 +29,7 @@ pub const MAX_TOKEN_FILE: u64 = 4 * 1024;
 /// holding a control character (a second line among them).
 pub fn read(path: &Path) -> Result<String, String> {
     let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    let mut bytes = Vec::new();
-    // One byte more than allowed tells "too large" without reading a huge file whole.
-    file.take(MAX_TOKEN_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_TOKEN_FILE {
-        return Err(format!(
-            "{shown} is larger than {} KiB",
-            MAX_TOKEN_FILE / 1024
-        ));
-    }
+    let bytes = files::read_at_most(path, MAX_TOKEN_FILE)?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{shown} is not UTF-8 text"))?;
     let token = text.trim();
     if token.is_empty() {
