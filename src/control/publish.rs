@@ -43,13 +43,17 @@ impl ControlState {
             tls,
             error_pages,
         } = inputs;
-        let running = self.table.load().config().clone();
-        keep_restart_only_settings(&mut config, &running, inner.listeners, inner.admin_listener);
+        // The running configuration, borrowed from the table (a 10,000-clone one is not
+        // copied); released before the swap loads the table again.
+        let old = self.table.load_full();
+        let running = old.config();
+        keep_restart_only_settings(&mut config, running, inner.listeners, inner.admin_listener);
         // A new certificate is used for new handshakes; open connections keep theirs. With
         // no https listener running there is nothing to give it to.
         if running.listen.https.is_some() {
             self.tls.store(tls);
         }
+        drop(old);
         // Reopens the access log (every reload does, logrotate's convention). Before the
         // swap, so that once the new table turns the log on its thread exists.
         self.access.configure(access_log::Settings::of(&config.log));

@@ -131,19 +131,19 @@ impl Resolver {
             One::NxDomain => return nxdomain_answer(name),
             One::Failed(result, error) => return Answer::Failed { result, error },
         };
-        let srvs: Vec<(u32, &hickory_resolver::proto::rr::rdata::SRV)> = answers
+        let srvs: Vec<&hickory_resolver::proto::rr::rdata::SRV> = answers
             .iter()
             .filter_map(|r| match &r.data {
-                RData::SRV(s) => Some((r.ttl, s)),
+                RData::SRV(s) => Some(s),
                 _ => None,
             })
             .collect();
-        let Some(lowest) = srvs.iter().map(|(_, s)| s.priority).min() else {
+        let Some(lowest) = srvs.iter().map(|s| s.priority).min() else {
             return Answer::clones(Vec::new(), None);
         };
         let mut ttl = min_ttl(&answers, |r| matches!(r.data, RData::SRV(_)));
         let mut found = Vec::new();
-        for (_, s) in srvs.iter().filter(|(_, s)| s.priority == lowest) {
+        for s in srvs.iter().filter(|s| s.priority == lowest) {
             // A target of "." says the service is not available there.
             if s.target.is_root() {
                 continue;
